@@ -1,0 +1,71 @@
+"""The application factory: everything the server holds is built here and owned by cleanup_ctx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+from aiohttp import web
+
+from . import api, legacy, streams
+from .errors import error_middleware
+from .hub import Hub, hub_key
+from .settings import Settings, settings_key
+from .store import open_store, store_key
+
+# Requests larger than this are refused with 413; a message is at most a few KiB.
+MAX_BODY_BYTES = 64 * 1024
+CORS_HEADERS = ("Content-Type", "Authorization", "X-Username", "Last-Event-ID")
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings.from_env()
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[settings_key] = settings
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_hub_ctx)
+    app.on_shutdown.append(_end_streams)
+    api.setup_routes(app)
+    legacy.setup_routes(app)
+    streams.setup_routes(app)
+    _setup_cors(app, settings)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = open_store(app[settings_key].database_url)
+    try:
+        await store.start()
+        app[store_key] = store
+        yield
+    finally:
+        await store.close()
+
+
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = Hub()
+    # Streams replay from the database up to the newest message the hub has released.
+    hub.released_id = await app[store_key].latest_message_id()
+    app[hub_key] = hub
+    yield
+    hub.close()
+
+
+async def _end_streams(app: web.Application) -> None:
+    # Open streams would otherwise hold shutdown for the whole shutdown timeout, twice.
+    app[hub_key].close()
+
+
+def _setup_cors(app: web.Application, settings: Settings) -> None:
+    """Listed origins get credentialed CORS; with none listed, any origin, without credentials."""
+    credentials = bool(settings.cors_origins)
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=credentials,
+        expose_headers="*",
+        allow_headers=CORS_HEADERS,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(app, defaults={o: options for o in settings.cors_origins or ("*",)})
+    for route in list(app.router.routes()):
+        cors.add(route)

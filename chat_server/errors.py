@@ -1,0 +1,64 @@
+"""API errors: raised anywhere, rendered as one JSON envelope by `error_middleware`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .jsonutil import json_response
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 400
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Unavailable(ApiError):
+    """A dependency (database, broker) does not answer; the client may retry."""
+
+    status = 503
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_response({"error": exc.message, **exc.extra}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # Routing 404/405 and aiohttp's 413 get the same envelope as our own errors.
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return json_response({"error": exc.reason}, status=exc.status, headers=headers)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"error": "internal server error"}, status=500)

@@ -1,0 +1,82 @@
+"""Compatibility with the seed's older clients: every legacy name and shape lives here.
+
+- GET /api/messages without chat_id: the General chat; with ?usuario=NAME: the DM between the
+  caller and NAME. Messages also carry the legacy fields usuario, mensaje and hora.
+- POST /api/send {usuario, mensaje[, destinatario]}: a message in General, or in a DM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from . import api, service
+from .errors import BadRequest, NotFound
+from .jsonutil import json_response
+from .models import LIMA, Message, User
+from .settings import settings_key
+from .store import store_key
+from .validation import clean_username, read_body, required_text
+
+
+def legacy_fields(message: Message) -> dict[str, Any]:
+    return {
+        **message.to_json(),
+        "usuario": message.username,
+        "mensaje": message.contenido,
+        "hora": message.timestamp.astimezone(LIMA).strftime("%H:%M:%S"),
+    }
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    """GET /api/messages: the new flow when chat_id is given, else the legacy queries."""
+    if "chat_id" in request.query:
+        return await api.list_messages(request)
+    if "usuario" in request.query:
+        caller = await _legacy_caller(request)
+        other = await _known_user(request, request.query["usuario"], "usuario")
+        chat, _ = await service.open_dm(request.app, caller, other)
+    else:
+        chat = await request.app[store_key].general_chat()
+    messages = await api.history_page(request, chat)
+    return json_response({"chat_id": chat.id, "messages": [legacy_fields(m) for m in messages]})
+
+
+async def send(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    name = clean_username(body.get("usuario"), "usuario")
+    text = required_text(body, "mensaje", request.app[settings_key].max_message_chars)
+    store = request.app[store_key]
+    sender, _ = await service.ensure_user(request.app, name)
+    if body.get("destinatario") is not None:
+        other = await _known_user(request, body["destinatario"], "destinatario")
+        chat, _ = await service.open_dm(request.app, sender, other)
+    else:
+        chat = await store.general_chat()
+    message = await service.post_message(request.app, chat, sender, text)
+    return json_response({"message": legacy_fields(message)}, status=201)
+
+
+async def _legacy_caller(request: web.Request) -> User:
+    """The seed's legacy caller: `username` in the query, or the X-Username header."""
+    raw = request.query.get("username", request.headers.get("X-Username"))
+    if raw is None:
+        raise BadRequest("username (query) or X-Username (header) is required with usuario")
+    user = await request.app[store_key].get_user(username=clean_username(raw))
+    if user is None:
+        raise NotFound("unknown user", username=raw)
+    return user
+
+
+async def _known_user(request: web.Request, raw: Any, field: str) -> User:
+    name = clean_username(raw, field)
+    user = await request.app[store_key].get_user(username=name)
+    if user is None:
+        raise NotFound("unknown user", field=field, username=name)
+    return user
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/api/messages", get_messages)
+    app.router.add_post("/api/send", send)

@@ -1,0 +1,95 @@
+"""The values the API speaks in: users, chats and messages, and their JSON shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Literal
+
+# Peru has kept UTC-05:00 without daylight saving since 1994, so a fixed offset is exact.
+LIMA = timezone(timedelta(hours=-5), "America/Lima")
+
+Role = Literal["admin", "user"]
+ADMIN_USERNAME = "admin"
+GENERAL_NAME = "General"
+
+
+def lima_iso(moment: datetime) -> str:
+    """ISO-8601 in Lima time, e.g. 2026-11-26T09:15:02-05:00."""
+    return moment.astimezone(LIMA).isoformat()
+
+
+def utc_now() -> datetime:
+    # Both stores keep whole seconds (MySQL TIMESTAMP), so round here to answer the same.
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    role: Role
+    estado: str
+    creado_en: datetime
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "username": self.username,
+            "role": self.role,
+            "estado": self.estado,
+            "creado_en": lima_iso(self.creado_en),
+        }
+
+    def brief(self) -> dict[str, Any]:
+        return {"id": self.id, "username": self.username, "role": self.role}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: int
+    chat_id: int
+    sender_id: int
+    username: str | None
+    contenido: str
+    timestamp: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "chat_id": self.chat_id,
+            "sender_id": self.sender_id,
+            "username": self.username,
+            "contenido": self.contenido,
+            "timestamp": lima_iso(self.timestamp),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    id: int
+    type: Literal["general", "dm"]
+    name: str | None
+    participants: tuple[User, ...] = ()
+    last_message: Message | None = field(default=None, compare=False)
+
+    @property
+    def is_general(self) -> bool:
+        return self.type == "general"
+
+    def has_member(self, user_id: int) -> bool:
+        # Everyone takes part in General, whether or not a participant row exists yet.
+        return self.is_general or any(p.id == user_id for p in self.participants)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "name": self.name,
+            "participants": [p.brief() for p in self.participants],
+            "last_message": self.last_message.to_json() if self.last_message else None,
+        }

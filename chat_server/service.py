@@ -1,0 +1,67 @@
+"""Operations that touch both the store and the hub, shared by the new API and the legacy module."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .errors import BadRequest, Forbidden, Unauthorized
+from .hub import hub_key
+from .models import ADMIN_USERNAME, Chat, Message, User
+from .store import store_key
+
+T = TypeVar("T")
+# Strong references to shielded work, so a task outliving its request is not collected.
+_shielded: set[asyncio.Task[Any]] = set()
+
+
+async def ensure_user(app: web.Application, username: str) -> tuple[User, bool]:
+    """The user by name, created on first use together with their DM with admin."""
+    user, created = await app[store_key].ensure_user(username)
+    if created and not user.is_admin:
+        admin = await app[store_key].get_user(username=ADMIN_USERNAME)
+        if admin is not None:
+            await open_dm(app, admin, user)
+    return user, created
+
+
+async def open_dm(app: web.Application, a: User, b: User) -> tuple[Chat, bool]:
+    if a.id == b.id:
+        raise BadRequest("a direct message chat needs two different users")
+    chat, created = await app[store_key].get_or_create_dm(a, b)
+    if created:
+        app[hub_key].chat_created(chat)
+    return chat, created
+
+
+async def post_message(app: web.Application, chat: Chat, sender: User, contenido: str) -> Message:
+    """Store, then publish once committed. A client that hangs up mid-way does not cancel it:
+    a stored message must reach its subscribers."""
+
+    async def store_and_publish() -> Message:
+        async with app[hub_key].sequenced() as release:
+            message = await app[store_key].add_message(chat.id, sender, contenido)
+            release(message)
+        return message
+
+    return await _shield(store_and_publish())
+
+
+def require_member(chat: Chat, user: User | None) -> None:
+    """General is open to everyone; a DM only to its participants."""
+    if chat.is_general:
+        return
+    if user is None:
+        raise Unauthorized("identity required for a direct message chat")
+    if not chat.has_member(user.id):
+        raise Forbidden("not a participant of this chat", chat_id=chat.id)
+
+
+async def _shield(coro: Coroutine[Any, Any, T]) -> T:
+    task = asyncio.ensure_future(coro)
+    _shielded.add(task)
+    task.add_done_callback(_shielded.discard)
+    return await asyncio.shield(task)

@@ -1,0 +1,54 @@
+"""Settings, read once from the environment (twelve-factor style)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+DEFAULT_DATABASE_URL = "sqlite:///data/chat.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Empty means any origin, without credentials (never "*" with credentials).
+    cors_origins: tuple[str, ...] = ()
+    max_message_chars: int = 4000
+    heartbeat_seconds: float = 15.0
+    replay_limit: int = 1000
+    # Signs login tokens; a random one per start unless CHAT_SECRET is set.
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        defaults = cls()
+        origins = tuple(o.strip() for o in env.get("CHAT_CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            host=env.get("CHAT_HOST", defaults.host),
+            port=_int(env, "CHAT_PORT", defaults.port),
+            cors_origins=origins,
+            max_message_chars=_int(env, "CHAT_MAX_MESSAGE_CHARS", defaults.max_message_chars),
+            heartbeat_seconds=float(env.get("CHAT_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),
+            replay_limit=_int(env, "CHAT_REPLAY_LIMIT", defaults.replay_limit),
+            secret=env.get("CHAT_SECRET") or defaults.secret,
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+settings_key = web.AppKey("settings", Settings)

@@ -1,0 +1,317 @@
+"""The storage interface and the SQL both stores share.
+
+Handlers only see `Store` methods. Every query lives here, written once in MySQL's
+`%s` parameter style; the SQLite store rewrites the few dialect differences.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..models import ADMIN_USERNAME, Chat, Message, Role, User, utc_now
+
+Row = tuple[Any, ...]
+
+# Page sizes of GET /api/messages: what a chat window shows, and a cap on one answer.
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+
+_USER_COLUMNS = "u.id, u.username, u.role, u.estado, u.creado_en"
+_MESSAGE_SELECT = (
+    "SELECT m.id, m.chat_id, m.sender_id, u.username, m.contenido, m.timestamp "
+    "FROM mensajes_v2 m LEFT JOIN usuarios u ON u.id = m.sender_id "
+)
+
+
+class Db(abc.ABC):
+    """One connection, borrowed for one operation or one transaction."""
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> tuple[int, int]:
+        """Run a statement; return (rowcount, lastrowid)."""
+
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, args)
+        return rows[0] if rows else None
+
+
+class Store(abc.ABC):
+    """Users, chats and messages over SQL. Subclasses provide connections and dialect."""
+
+    # How a username is compared: MySQL's utf8mb4_unicode_ci ignores case and accents.
+    username_match = "u.username = %s"
+
+    def __init__(self) -> None:
+        self.general_id = 0
+
+    # -- provided by each backend ---------------------------------------------------
+
+    @abc.abstractmethod
+    def connection(self) -> AbstractAsyncContextManager[Db]:
+        """An async context manager lending one connection in autocommit mode."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Db]:
+        """An async context manager lending one connection inside a transaction."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> None:
+        """Create or upgrade the schema, idempotently."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- start-up ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.migrate()
+        async with self.connection() as db:
+            row = await db.fetchone("SELECT MIN(id) FROM chats WHERE type = 'general'")
+        assert row is not None, "the schema seeds the General chat"
+        self.general_id = int(row[0])
+        await self.ensure_user(ADMIN_USERNAME)
+        await self._backfill_memberships()
+
+    async def _backfill_memberships(self) -> None:
+        """Give users made outside this server (e.g. by the seed's SQL) General and a DM with admin."""
+        admin = await self.get_user(username=ADMIN_USERNAME)
+        assert admin
+        async with self.connection() as db:
+            await db.execute(
+                "INSERT IGNORE INTO chat_participants (chat_id, user_id) SELECT %s, id FROM usuarios",
+                (self.general_id,),
+            )
+            rows = await db.fetchall(
+                "SELECT " + _USER_COLUMNS + " FROM usuarios u WHERE u.id <> %s AND NOT EXISTS "
+                "(SELECT 1 FROM dm_pairs d WHERE (d.user_low = u.id AND d.user_high = %s) "
+                "OR (d.user_low = %s AND d.user_high = u.id))",
+                (admin.id, admin.id, admin.id),
+            )
+        for row in rows:
+            await self.get_or_create_dm(admin, self._user(row))
+
+    async def ping(self) -> None:
+        async with self.connection() as db:
+            await db.fetchone("SELECT 1")
+
+    # -- users -------------------------------------------------------------------
+
+    async def get_user(self, *, user_id: int | None = None, username: str | None = None) -> User | None:
+        where, arg = ("u.id = %s", user_id) if user_id is not None else (self.username_match, username)
+        async with self.connection() as db:
+            row = await db.fetchone(f"SELECT {_USER_COLUMNS} FROM usuarios u WHERE {where}", (arg,))
+        return self._user(row) if row else None
+
+    async def ensure_user(self, username: str) -> tuple[User, bool]:
+        """Return the user and whether it was created (then also as a member of General)."""
+        user = await self.get_user(username=username)
+        if user:
+            return user, False
+        role: Role = "admin" if username.lower() == ADMIN_USERNAME else "user"
+        async with self.connection() as db:
+            # INSERT IGNORE: a concurrent first login of the same name creates one row.
+            count, _ = await db.execute(
+                "INSERT IGNORE INTO usuarios (username, role, creado_en) VALUES (%s, %s, %s)",
+                (username, role, _sql_time(utc_now())),
+            )
+        user = await self.get_user(username=username)
+        assert user
+        if count:
+            await self._join_new_user(user)
+        return user, bool(count)
+
+    async def _join_new_user(self, user: User) -> None:
+        # The DM with admin is made by the caller (service.ensure_user), which announces it.
+        async with self.connection() as db:
+            await db.execute(
+                "INSERT IGNORE INTO chat_participants (chat_id, user_id) VALUES (%s, %s)",
+                (self.general_id, user.id),
+            )
+
+    # -- chats -------------------------------------------------------------------
+
+    async def get_chat(self, chat_id: int) -> Chat | None:
+        chats = await self._chats_by_id([chat_id], with_last_message=False)
+        return chats[0] if chats else None
+
+    async def general_chat(self) -> Chat:
+        chat = await self.get_chat(self.general_id)
+        assert chat is not None
+        return chat
+
+    async def chat_ids_of(self, user: User) -> list[int]:
+        """General first, then the DMs the user takes part in."""
+        async with self.connection() as db:
+            rows = await db.fetchall(
+                "SELECT p.chat_id FROM chat_participants p JOIN chats c ON c.id = p.chat_id "
+                "WHERE p.user_id = %s AND c.type = 'dm' ORDER BY p.chat_id",  # idx_user
+                (user.id,),
+            )
+        return [self.general_id] + [r[0] for r in rows]
+
+    async def list_chats(self, user: User) -> list[Chat]:
+        """General first, then the user's DMs, most recently active first."""
+        general, *dms = await self._chats_by_id(await self.chat_ids_of(user))
+        dms.sort(key=lambda c: (-(c.last_message.id if c.last_message else 0), c.id))
+        return [general, *dms]
+
+    async def _chats_by_id(self, ids: list[int], *, with_last_message: bool = True) -> list[Chat]:
+        """Chats in the order of `ids`, in three queries whatever their number (no N+1)."""
+        if not ids:
+            return []
+        marks = ", ".join(["%s"] * len(ids))
+        async with self.connection() as db:
+            chat_rows = await db.fetchall(f"SELECT id, type, name FROM chats WHERE id IN ({marks})", ids)
+            # General's participants are everyone: not listed, so the answer stays small.
+            member_rows = await db.fetchall(
+                f"SELECT p.chat_id, {_USER_COLUMNS} FROM chat_participants p "
+                "JOIN usuarios u ON u.id = p.user_id JOIN chats c ON c.id = p.chat_id "
+                f"WHERE p.chat_id IN ({marks}) AND c.type = 'dm' ORDER BY p.chat_id, u.id",
+                ids,
+            )
+            last_rows: list[Row] = []
+            if with_last_message:
+                last_rows = await db.fetchall(
+                    _MESSAGE_SELECT + "WHERE m.id IN (SELECT MAX(id) FROM mensajes_v2 "
+                    f"WHERE chat_id IN ({marks}) GROUP BY chat_id)",  # idx_chat_id
+                    ids,
+                )
+        members: dict[int, list[User]] = {}
+        for row in member_rows:
+            members.setdefault(row[0], []).append(self._user(row[1:]))
+        last = {m.chat_id: m for m in map(self._message, last_rows)}
+        found = {
+            row[0]: Chat(row[0], row[1], row[2], tuple(members.get(row[0], ())), last.get(row[0]))
+            for row in chat_rows
+        }
+        return [found[i] for i in ids if i in found]
+
+    async def get_or_create_dm(self, a: User, b: User) -> tuple[Chat, bool]:
+        """The one DM of a pair of users; `dm_pairs`' primary key keeps it unique under races."""
+        low, high = sorted((a.id, b.id))
+        created = False
+        async with self.transaction() as db:
+            _, chat_id = await db.execute(
+                "INSERT INTO chats (type, name, creado_en) VALUES ('dm', NULL, %s)",
+                (_sql_time(utc_now()),),
+            )
+            count, _ = await db.execute(
+                "INSERT IGNORE INTO dm_pairs (user_low, user_high, chat_id) VALUES (%s, %s, %s)",
+                (low, high, chat_id),
+            )
+            if count:
+                created = True
+                for uid in (low, high):
+                    await db.execute(
+                        "INSERT IGNORE INTO chat_participants (chat_id, user_id) VALUES (%s, %s)",
+                        (chat_id, uid),
+                    )
+            else:
+                # Another request made it first: drop our chat row and use theirs.
+                await db.execute("DELETE FROM chats WHERE id = %s", (chat_id,))
+        if not created:
+            # Read after commit, so the winner's row is visible whatever the isolation level.
+            async with self.connection() as db:
+                row = await db.fetchone(
+                    "SELECT chat_id FROM dm_pairs WHERE user_low = %s AND user_high = %s", (low, high)
+                )
+            assert row
+            chat_id = row[0]
+        chat = await self.get_chat(chat_id)
+        assert chat
+        return chat, created
+
+    # -- messages ----------------------------------------------------------------
+
+    async def add_message(self, chat_id: int, sender: User, contenido: str) -> Message:
+        """Store a message in one round trip; its id and time come back without a re-read."""
+        moment = utc_now()
+        async with self.connection() as db:
+            _, message_id = await db.execute(
+                "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES (%s, %s, %s, %s)",
+                (chat_id, sender.id, contenido, _sql_time(moment)),
+            )
+        return Message(message_id, chat_id, sender.id, sender.username, contenido, moment)
+
+    async def list_messages(
+        self,
+        chat_id: int,
+        *,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = DEFAULT_PAGE,
+    ) -> list[Message]:
+        """Oldest first: the `limit` after `after_id`, else the latest `limit` before `before_id`."""
+        where, args = ["m.chat_id = %s"], [chat_id]
+        if after_id is not None:
+            where.append("m.id > %s")
+            args.append(after_id)
+        if before_id is not None:
+            where.append("m.id < %s")
+            args.append(before_id)
+        newest_first = after_id is None
+        sql = (
+            _MESSAGE_SELECT
+            + "WHERE "
+            + " AND ".join(where)  # idx_chat_id (chat_id, id)
+            + f" ORDER BY m.id {'DESC' if newest_first else 'ASC'} LIMIT %s"
+        )
+        async with self.connection() as db:
+            rows = await db.fetchall(sql, [*args, limit])
+        messages = [self._message(r) for r in rows]
+        return messages[::-1] if newest_first else messages
+
+    async def messages_since(
+        self, chat_ids: Sequence[int], after_id: int, upto_id: int, limit: int
+    ) -> list[Message]:
+        """Messages of these chats with after_id < id <= upto_id in id order: a stream's replay."""
+        if not chat_ids:
+            return []
+        marks = ", ".join(["%s"] * len(chat_ids))
+        async with self.connection() as db:
+            rows = await db.fetchall(
+                _MESSAGE_SELECT + f"WHERE m.chat_id IN ({marks}) AND m.id > %s AND m.id <= %s "
+                "ORDER BY m.id LIMIT %s",  # idx_chat_id
+                [*chat_ids, after_id, upto_id, limit],
+            )
+        return [self._message(r) for r in rows]
+
+    async def latest_message_id(self) -> int:
+        async with self.connection() as db:
+            row = await db.fetchone("SELECT MAX(id) FROM mensajes_v2")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- rows to values ----------------------------------------------------------
+
+    @staticmethod
+    def _user(row: Row) -> User:
+        return User(int(row[0]), row[1], row[2] or "user", row[3] or "N/D", _from_sql_time(row[4]))
+
+    @staticmethod
+    def _message(row: Row) -> Message:
+        return Message(int(row[0]), int(row[1]), int(row[2]), row[3], row[4], _from_sql_time(row[5]))
+
+
+def _sql_time(moment: datetime) -> str:
+    """UTC as both stores' TIMESTAMP literal (MySQL sessions run at time_zone '+00:00')."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _from_sql_time(value: datetime | str | None) -> datetime:
+    if value is None:
+        return datetime.fromtimestamp(0, UTC)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC)
+
+
+store_key = web.AppKey("store", Store)

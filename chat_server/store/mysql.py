@@ -1,0 +1,169 @@
+"""MySQL/MariaDB through an aiomysql pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomysql
+import pymysql
+
+from ..errors import Unavailable
+from .base import Db, Row, Store
+from .schema_files import statements
+
+log = logging.getLogger(__name__)
+
+# A request waits this long for a pooled connection before answering 503.
+ACQUIRE_TIMEOUT = 5.0
+# Below common load-balancer idle timeouts (300 s), which drop connections silently.
+POOL_RECYCLE = 280
+SEED_TABLES = ("usuarios", "chats", "chat_participants", "mensajes_v2", "mensajes")
+
+
+@dataclass(frozen=True)
+class MysqlUrl:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> MysqlUrl:
+        parts = urlsplit(url)
+        database = parts.path.lstrip("/")
+        if not database:
+            raise SystemExit(f"DATABASE_URL must name a database: {parts.scheme}://host:port/<db>")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=database,
+        )
+
+    def connect_args(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "charset": "utf8mb4",
+            "autocommit": True,  # pooled connections must not keep stale read snapshots
+            "connect_timeout": 5,
+            # Timestamps are stored and read in UTC; Lima time is applied at the edge.
+            "init_command": "SET time_zone = '+00:00'",
+        }
+
+
+class _MysqlDb(Db):
+    def __init__(self, conn: aiomysql.Connection) -> None:
+        self._conn = conn
+
+    async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        async with self._conn.cursor() as cur:
+            await cur.execute(sql, tuple(args) or None)
+            return list(await cur.fetchall())
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> tuple[int, int]:
+        async with self._conn.cursor() as cur:
+            count = await cur.execute(sql, tuple(args) or None)
+            return count, cur.lastrowid
+
+
+class MysqlStore(Store):
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+        super().__init__()
+        self.url = MysqlUrl.parse(url)
+        self.pool_size = pool_size
+        self._pool: aiomysql.Pool | None = None
+
+    async def migrate(self) -> None:
+        await self._create_database()
+        self._pool = await aiomysql.create_pool(
+            db=self.url.database,
+            minsize=1,
+            maxsize=self.pool_size,
+            pool_recycle=POOL_RECYCLE,
+            **self.url.connect_args(),
+        )
+        async with self.connection() as db:
+            # One process migrates at a time when several start together.
+            await db.fetchone("SELECT GET_LOCK('chat_server.migrate', 60)")
+            try:
+                for sql in statements("mysql", "schema.sql"):
+                    await db.execute(sql)
+                await self._convert_collations(db)
+                for sql in statements("mysql", "migrations.sql"):
+                    await db.execute(sql)
+            finally:
+                await db.fetchone("SELECT RELEASE_LOCK('chat_server.migrate')")
+
+    async def _create_database(self) -> None:
+        conn = await aiomysql.connect(**self.url.connect_args())
+        try:
+            async with conn.cursor() as cur:
+                name = self.url.database.replace("`", "``")
+                await cur.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                )
+        finally:
+            conn.close()
+
+    async def _convert_collations(self, db: Db) -> None:
+        """Tables made by hand from the seed take the server's default charset: make them utf8mb4."""
+        rows = await db.fetchall(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_TYPE = 'BASE TABLE' AND TABLE_COLLATION <> 'utf8mb4_unicode_ci' "
+            f"AND TABLE_NAME IN ({', '.join(['%s'] * len(SEED_TABLES))})",
+            SEED_TABLES,
+        )
+        for (table,) in rows:
+            log.warning("converting table %s to utf8mb4_unicode_ci", table)
+            await db.execute(
+                f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Db]:
+        async with self._acquire() as conn:
+            yield _MysqlDb(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Db]:
+        async with self._acquire() as conn:
+            await conn.begin()
+            try:
+                yield _MysqlDb(conn)
+            except BaseException:
+                await conn.rollback()
+                raise
+            await conn.commit()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[aiomysql.Connection]:
+        """A pooled connection; an unreachable or exhausted database becomes a 503."""
+        assert self._pool is not None, "start() first"
+        try:
+            async with asyncio.timeout(ACQUIRE_TIMEOUT):
+                conn = await self._pool.acquire()
+        except (TimeoutError, OSError, pymysql.err.OperationalError) as exc:
+            raise Unavailable("database unavailable") from exc
+        try:
+            yield conn
+        except (OSError, pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+            raise Unavailable("database unavailable") from exc
+        finally:
+            self._pool.release(conn)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()

@@ -1,0 +1,23 @@
+-- chat_server's own additions. Every seed table and column stays as it is; these only add.
+
+-- Exactly one DM per pair of users, also under concurrent requests: the seed's tables cannot
+-- say so, this primary key can. user_low < user_high.
+CREATE TABLE IF NOT EXISTS dm_pairs (
+    user_low INT NOT NULL,
+    user_high INT NOT NULL,
+    chat_id INT NOT NULL,
+    PRIMARY KEY (user_low, user_high),
+    UNIQUE KEY uniq_dm_chat (chat_id)
+) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- DMs made before dm_pairs existed (the oldest chat of a pair wins).
+INSERT IGNORE INTO dm_pairs (user_low, user_high, chat_id)
+SELECT LEAST(a.user_id, b.user_id), GREATEST(a.user_id, b.user_id), MIN(c.id)
+FROM chats c
+JOIN chat_participants a ON a.chat_id = c.id
+JOIN chat_participants b ON b.chat_id = c.id AND a.user_id < b.user_id
+WHERE c.type = 'dm'
+GROUP BY LEAST(a.user_id, b.user_id), GREATEST(a.user_id, b.user_id);
+
+-- History pages, polling (after_id) and stream replay all read "chat_id = ? AND id > ?" in id order.
+CREATE INDEX IF NOT EXISTS idx_chat_id ON mensajes_v2 (chat_id, id);

@@ -1,0 +1,60 @@
+-- The embedded store's schema: the same tables, columns and keys as sql/mysql/, in SQLite's
+-- dialect. Usernames compare through unikey(), registered by the store, the way MySQL's
+-- utf8mb4_unicode_ci compares them (case and accents ignored).
+
+CREATE TABLE IF NOT EXISTS usuarios (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT NOT NULL,
+    role TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('admin', 'user')),
+    estado TEXT DEFAULT 'N/D',
+    creado_en TEXT DEFAULT CURRENT_TIMESTAMP
+);
+CREATE UNIQUE INDEX IF NOT EXISTS uniq_username ON usuarios (unikey(username));
+
+CREATE TABLE IF NOT EXISTS chats (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL CHECK (type IN ('general', 'dm')),
+    name TEXT,
+    creado_en TEXT DEFAULT CURRENT_TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS chat_participants (
+    chat_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    creado_en TEXT DEFAULT CURRENT_TIMESTAMP,
+    UNIQUE (chat_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS idx_user ON chat_participants (user_id);
+
+CREATE TABLE IF NOT EXISTS mensajes_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL,
+    contenido TEXT NOT NULL,
+    timestamp TEXT DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS idx_chat_time ON mensajes_v2 (chat_id, timestamp);
+CREATE INDEX IF NOT EXISTS idx_chat_id ON mensajes_v2 (chat_id, id);
+
+INSERT INTO chats (type, name)
+SELECT 'general', 'General' WHERE NOT EXISTS (SELECT 1 FROM chats WHERE type = 'general');
+
+CREATE TABLE IF NOT EXISTS mensajes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    usuario TEXT NOT NULL,
+    mensaje TEXT NOT NULL,
+    timestamp TEXT DEFAULT CURRENT_TIMESTAMP,
+    ip_address TEXT,
+    user_agent TEXT,
+    tipo_usuario TEXT DEFAULT 'cliente',
+    destinatario TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_timestamp ON mensajes (timestamp DESC);
+CREATE INDEX IF NOT EXISTS idx_usuario ON mensajes (usuario);
+
+CREATE TABLE IF NOT EXISTS dm_pairs (
+    user_low INTEGER NOT NULL,
+    user_high INTEGER NOT NULL,
+    chat_id INTEGER NOT NULL UNIQUE,
+    PRIMARY KEY (user_low, user_high)
+);

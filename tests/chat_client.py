@@ -1,0 +1,136 @@
+"""A test client that speaks the chat API: login, post, read, and streams."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
+
+from chat_server.hub import Hub, hub_key
+from chat_server.store import Store, store_key
+
+# How long a test waits for something that should happen now, before failing.
+WAIT = 10.0
+
+
+@dataclass
+class SseEvent:
+    id: str | None = None
+    event: str | None = None
+    data: str | None = None
+    retry: str | None = None
+    comments: list[str] = field(default_factory=list)
+
+
+class Stream:
+    """An open SSE response, read event by event with a timeout."""
+
+    def __init__(self, response: ClientResponse) -> None:
+        self.response = response
+
+    async def raw_until_blank(self) -> bytes:
+        return await asyncio.wait_for(self.response.content.readuntil(b"\n\n"), WAIT)
+
+    async def next_event(self, *, skip_comments: bool = True) -> SseEvent:
+        while True:
+            event = SseEvent()
+            for line in (await self.raw_until_blank()).decode().split("\n"):
+                if not line:
+                    continue
+                if line.startswith(":"):
+                    event.comments.append(line[1:].strip())
+                    continue
+                name, _, value = line.partition(": ")
+                setattr(event, name, value)
+            if not (skip_comments and event.comments and event.event is None and event.retry is None):
+                return event
+
+    async def messages(self, count: int) -> list[dict[str, Any]]:
+        """The next `count` message events' data, skipping other events."""
+        from chat_server.jsonutil import loads
+
+        out: list[dict[str, Any]] = []
+        while len(out) < count:
+            event = await self.next_event()
+            if event.event == "message":
+                data = loads(event.data or "")
+                assert str(data["id"]) == event.id
+                out.append(data)
+        return out
+
+    async def ended(self) -> bool:
+        """True once the server has ended the stream (EOF)."""
+        rest = await asyncio.wait_for(self.response.content.read(), WAIT)
+        return rest is not None
+
+    def close(self) -> None:
+        self.response.close()
+
+
+class ChatClient:
+    def __init__(self, client: TestClient[web.Request, web.Application]) -> None:
+        self.http = client
+
+    @property
+    def app(self) -> web.Application:
+        return self.http.server.app  # type: ignore[return-value]
+
+    @property
+    def store(self) -> Store:
+        return self.app[store_key]
+
+    @property
+    def hub(self) -> Hub:
+        return self.app[hub_key]
+
+    async def call(self, method: str, path: str, *, status: int | None = None, **kwargs: Any) -> Any:
+        async with self.http.request(method, path, **kwargs) as resp:
+            body = await resp.json(content_type=None)
+            if status is not None:
+                assert resp.status == status, (resp.status, body)
+            return body
+
+    async def login(self, username: str, *, status: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = await self.call(
+            "POST", "/api/login", json={"username": username}, status=status
+        )
+        return body
+
+    async def post(self, chat_id: int, contenido: str, username: str = "ana") -> dict[str, Any]:
+        body = await self.call(
+            "POST",
+            "/api/messages",
+            json={"chat_id": chat_id, "contenido": contenido, "username": username},
+            status=201,
+        )
+        message: dict[str, Any] = body["message"]
+        return message
+
+    async def chats(self, username: str) -> list[dict[str, Any]]:
+        body = await self.call("GET", "/api/chats", params={"username": username}, status=200)
+        chats: list[dict[str, Any]] = body["chats"]
+        return chats
+
+    async def dm_id(self, username: str, with_username: str) -> int:
+        body = await self.call(
+            "POST", "/api/chats/dm", json={"username": username, "with_username": with_username}
+        )
+        return int(body["chat"]["id"])
+
+    async def history(self, chat_id: int, **params: Any) -> list[dict[str, Any]]:
+        body = await self.call("GET", "/api/messages", params={"chat_id": chat_id, **params}, status=200)
+        messages: list[dict[str, Any]] = body["messages"]
+        return messages
+
+    async def open_stream(
+        self, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Stream:
+        resp = await self.http.get("/api/stream", params=params or {}, headers=headers or {})
+        assert resp.status == 200, (resp.status, await resp.text())
+        stream = Stream(resp)
+        preamble = await stream.next_event()
+        assert preamble.retry == "3000"
+        return stream

@@ -1,0 +1,52 @@
+"""Fixtures: one API suite, parametrised over both stores."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from chat_server.app import create_app
+from chat_server.settings import Settings
+
+from .chat_client import ChatClient
+from .databases import throwaway_database
+
+BACKENDS = ("sqlite", "mysql")
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/chat.sqlite3"
+    else:
+        with throwaway_database() as url:
+            yield url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, secret="test-secret")
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    settings: Settings,
+) -> Callable[..., Awaitable[ChatClient]]:
+    """A client of a fresh app; keyword arguments override settings."""
+
+    async def make(**overrides: object) -> ChatClient:
+        app = create_app(replace(settings, **overrides))  # type: ignore[arg-type]
+        return ChatClient(await aiohttp_client(app))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Awaitable[ChatClient]]) -> AsyncIterator[ChatClient]:
+    yield await make_client()

@@ -43,7 +43,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    hub = Hub()
+    hub = Hub(app[settings_key].subscriber_buffer)
     # Streams replay from the database up to the newest message the hub has released.
     hub.released_id = await app[store_key].latest_message_id()
     app[hub_key] = hub

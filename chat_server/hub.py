@@ -21,9 +21,6 @@ from aiohttp import web
 from .models import Chat, Message
 from .sse import encode_event
 
-# Events a subscriber may have waiting before it counts as too slow and is disconnected.
-DEFAULT_BUFFER = 1000
-
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -87,7 +84,7 @@ class HubStats:
 
 
 class Hub:
-    def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
+    def __init__(self, buffer: int) -> None:
         self.buffer = buffer
         self.stats = HubStats()
         self._by_chat: dict[int, set[Subscriber]] = {}

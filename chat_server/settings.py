@@ -22,6 +22,8 @@ class Settings:
     max_message_chars: int = 4000
     heartbeat_seconds: float = 15.0
     replay_limit: int = 1000
+    # Events a stream may have waiting before it counts as too slow and is disconnected.
+    subscriber_buffer: int = 1000
     # Signs login tokens; a random one per start unless CHAT_SECRET is set.
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
@@ -37,6 +39,7 @@ class Settings:
             max_message_chars=_int(env, "CHAT_MAX_MESSAGE_CHARS", defaults.max_message_chars),
             heartbeat_seconds=float(env.get("CHAT_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),
             replay_limit=_int(env, "CHAT_REPLAY_LIMIT", defaults.replay_limit),
+            subscriber_buffer=_int(env, "CHAT_SUBSCRIBER_BUFFER", defaults.subscriber_buffer),
             secret=env.get("CHAT_SECRET") or defaults.secret,
         )
 

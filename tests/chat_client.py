@@ -76,7 +76,9 @@ class ChatClient:
 
     @property
     def app(self) -> web.Application:
-        return self.http.server.app  # type: ignore[return-value]
+        app = self.http.app
+        assert app is not None
+        return app
 
     @property
     def store(self) -> Store:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,5 +48,5 @@ def make_client(
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., Awaitable[ChatClient]]) -> AsyncIterator[ChatClient]:
-    yield await make_client()
+async def client(make_client: Callable[..., Awaitable[ChatClient]]) -> ChatClient:
+    return await make_client()

@@ -1,9 +1,11 @@
 """In-process fan-out: per-chat sets of subscribers, each with a bounded buffer.
 
 Messages enter through `Hub.sequenced()`, which hands them to subscribers in id order even
-when concurrent inserts commit out of order; every event is encoded once and the same bytes
-go to every subscriber. Publishing never waits on a subscriber: one that falls behind past
-its buffer is closed (and counted), and its EventSource resumes from the database.
+when concurrent inserts commit out of order. Each event is encoded once; a subscriber that is
+caught up gets those same bytes written straight to its socket, without waking its handler
+(the fast path). One whose socket is backed up gets the event in its buffer, which its handler
+drains with back-pressure; one that falls behind past the buffer is disconnected (and counted),
+and its EventSource resumes from the database. Publishing never waits on a subscriber.
 """
 
 from __future__ import annotations
@@ -14,24 +16,42 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from .models import Chat, Message
 from .sse import encode_event
 
+# A socket with more than this waiting in user space is backed up: queue instead of writing.
+DIRECT_WRITE_LIMIT = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
     id: int | None  # the message id, also the SSE id; None for events that are not messages
     frame: bytes  # the whole SSE frame, encoded once for every subscriber
+    chunk: bytes = field(init=False)  # the frame in HTTP/1.1 chunked framing, for direct writes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chunk", b"%x\r\n%b\r\n" % (len(self.frame), self.frame))
 
 
 class Subscriber:
     """One open stream: the chats it follows and the events waiting to be written."""
 
-    __slots__ = ("_buffer", "_ready", "chats", "closed", "limit", "on_overflow", "overflowed", "user_id")
+    __slots__ = (
+        "_buffer",
+        "_ready",
+        "chats",
+        "chunked",
+        "closed",
+        "direct",
+        "limit",
+        "overflowed",
+        "transport",
+        "user_id",
+    )
 
     def __init__(self, chats: Iterable[int], user_id: int | None, limit: int) -> None:
         self.chats = set(chats)
@@ -39,19 +59,30 @@ class Subscriber:
         self.limit = limit
         self.closed = False
         self.overflowed = False
-        # Called when the buffer overflows, e.g. to abort a connection stuck in a write.
-        self.on_overflow: Callable[[], None] | None = None
+        # Set by the stream once its response has started: direct writes go to this socket,
+        # but only while `direct` (never during the replay, which must come first).
+        self.transport: asyncio.Transport | None = None
+        self.chunked = True
+        self.direct = False
         self._buffer: deque[Event] = deque()
         self._ready = asyncio.Event()
 
     def push(self, event: Event) -> bool:
         if self.closed:
             return False
+        transport = self.transport
+        if self.direct and transport is not None and not self._buffer:
+            if transport.is_closing():
+                self.close()
+                return False
+            if transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT:
+                transport.write(event.chunk if self.chunked else event.frame)
+                return True
         if len(self._buffer) >= self.limit:
             self.overflowed = True
             self.close()
-            if self.on_overflow is not None:
-                self.on_overflow()
+            if transport is not None:
+                transport.abort()  # it may be stuck in a write to a peer that stopped reading
             return False
         self._buffer.append(event)
         self._ready.set()
@@ -150,11 +181,13 @@ class Hub:
         self._fan_out(targets, event)
 
     def _fan_out(self, subscribers: Iterable[Subscriber], event: Event) -> None:
+        delivered = 0
         for sub in list(subscribers):
             if sub.push(event):
-                self.stats.deliveries += 1
+                delivered += 1
             elif sub.overflowed:
                 self.stats.slow_disconnects += 1
+        self.stats.deliveries += delivered
 
     @asynccontextmanager
     async def sequenced(self) -> AsyncIterator[Callable[[Message], None]]:

@@ -41,9 +41,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
             first.extend(await _replay(request, sub, last_id, upto))
         response = web.StreamResponse(headers=HEADERS)
         await response.prepare(request)
-        transport = request.transport
-        if transport is not None:
-            sub.on_overflow = transport.abort
+        sub.transport = request.transport
+        # HTTP/1.1 streams are chunked; an HTTP/1.0 client gets the bare frames.
+        sub.chunked = response.headers.get("Transfer-Encoding") == "chunked"
         with contextlib.suppress(ConnectionResetError):
             await _write(response, b"".join(first))
             await _pump(request, response, sub, sent_id=upto)
@@ -63,10 +63,13 @@ async def _pump(request: web.Request, response: web.StreamResponse, sub: Subscri
     """Write live events as they come, a heartbeat when idle, until closed or overflowed."""
     heartbeat = request.app[settings_key].heartbeat_seconds
     while True:
+        # Once all that waited is written, the hub may write to the socket directly.
+        sub.direct = True
         batch = await sub.next_batch(heartbeat)
         if sub.overflowed:
             return
         if batch:
+            sub.direct = False
             frames = [e.frame for e in batch if _is_new(e, sent_id)]
             sent_id = max([sent_id, *(e.id for e in batch if e.id is not None)])
             if frames:

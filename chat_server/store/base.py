@@ -10,13 +10,15 @@ import abc
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
 from ..models import ADMIN_USERNAME, Chat, Message, Role, User, utc_now
 
 Row = tuple[Any, ...]
+K = TypeVar("K")
+V = TypeVar("V")
 
 # Page sizes of GET /api/messages: what a chat window shows, and a cap on one answer.
 DEFAULT_PAGE = 50
@@ -52,6 +54,11 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self.general_id = 0
+        # Users and chats never change once made (a DM's pair is fixed; General is everyone),
+        # so they are cached and the hot path (post a message) is one round trip: the INSERT.
+        self._users_by_id: BoundedCache[int, User] = BoundedCache()
+        self._users_by_name: BoundedCache[str, User] = BoundedCache()
+        self._chats: BoundedCache[int, Chat] = BoundedCache()
 
     # -- provided by each backend ---------------------------------------------------
 
@@ -106,10 +113,19 @@ class Store(abc.ABC):
     # -- users -------------------------------------------------------------------
 
     async def get_user(self, *, user_id: int | None = None, username: str | None = None) -> User | None:
+        cached = self._users_by_id.get(user_id) if user_id is not None else self._users_by_name.get(username)
+        if cached is not None:
+            return cached
         where, arg = ("u.id = %s", user_id) if user_id is not None else (self.username_match, username)
         async with self.connection() as db:
             row = await db.fetchone(f"SELECT {_USER_COLUMNS} FROM usuarios u WHERE {where}", (arg,))
-        return self._user(row) if row else None
+        if row is None:
+            return None
+        user = self._user(row)
+        self._users_by_id.put(user.id, user)
+        if username is not None:
+            self._users_by_name.put(username, user)
+        return user
 
     async def ensure_user(self, username: str) -> tuple[User, bool]:
         """Return the user and whether it was created (then also as a member of General)."""
@@ -140,8 +156,15 @@ class Store(abc.ABC):
     # -- chats -------------------------------------------------------------------
 
     async def get_chat(self, chat_id: int) -> Chat | None:
-        chats = await self._chats_by_id([chat_id], with_last_message=False)
-        return chats[0] if chats else None
+        """The chat and its participants, without its last message."""
+        chat = self._chats.get(chat_id)
+        if chat is None:
+            found = await self._chats_by_id([chat_id], with_last_message=False)
+            if not found:
+                return None
+            chat = found[0]
+            self._chats.put(chat_id, chat)
+        return chat
 
     async def general_chat(self) -> Chat:
         chat = await self.get_chat(self.general_id)
@@ -312,6 +335,22 @@ def _from_sql_time(value: datetime | str | None) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC)
+
+
+class BoundedCache(Generic[K, V]):
+    """A dict that forgets its oldest entries past `size` (insertion order)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._data: dict[K, V] = {}
+
+    def get(self, key: K | None) -> V | None:
+        return None if key is None else self._data.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        if len(self._data) > self.size:
+            del self._data[next(iter(self._data))]
 
 
 store_key = web.AppKey("store", Store)

@@ -8,6 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from . import api, legacy, streams
+from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
 from .errors import error_middleware
 from .hub import Hub, hub_key
 from .settings import Settings, settings_key
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[settings_key] = settings
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_hub_ctx)
+    app.cleanup_ctx.append(_broker_ctx)
     app.on_shutdown.append(_end_streams)
     api.setup_routes(app)
     legacy.setup_routes(app)
@@ -45,10 +47,25 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(app[settings_key].subscriber_buffer)
     # Streams replay from the database up to the newest message the hub has released.
-    hub.released_id = await app[store_key].latest_message_id()
+    hub.sequencer.reset(await app[store_key].latest_message_id())
     app[hub_key] = hub
     yield
     hub.close()
+
+
+async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    broker: Broker
+    if settings.redis_url:
+        broker = RedisBroker(
+            app[hub_key], app[store_key], settings.redis_url, channel_for(settings.database_url)
+        )
+    else:
+        broker = LocalBroker(app[hub_key])
+    await broker.start()
+    app[broker_key] = broker
+    yield
+    await broker.close()
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -1,7 +1,7 @@
 """In-process fan-out: per-chat sets of subscribers, each with a bounded buffer.
 
-Messages enter through `Hub.sequenced()`, which hands them to subscribers in id order even
-when concurrent inserts commit out of order. Each event is encoded once; a subscriber that is
+Messages reach subscribers through the hub's `Sequencer`, in id order even when concurrent
+inserts commit out of order. Each event is encoded once; a subscriber that is
 caught up gets those same bytes written straight to its socket, without waking its handler
 (the fast path). One whose socket is backed up gets the event in its buffer, which its handler
 drains with back-pressure; one that falls behind past the buffer is disconnected (and counted),
@@ -11,16 +11,16 @@ and its EventSource resumes from the database. Publishing never waits on a subsc
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
-from .models import Chat, Message
+from .models import Message
+from .sequencer import Sequencer
 from .sse import encode_event
 
 # A socket with more than this waiting in user space is backed up: queue instead of writing.
@@ -47,6 +47,7 @@ class Subscriber:
         "chunked",
         "closed",
         "direct",
+        "floor",
         "limit",
         "overflowed",
         "transport",
@@ -64,11 +65,13 @@ class Subscriber:
         self.transport: asyncio.Transport | None = None
         self.chunked = True
         self.direct = False
+        # Messages up to this id were (or will be) sent by the stream's replay: skip them live.
+        self.floor = 0
         self._buffer: deque[Event] = deque()
         self._ready = asyncio.Event()
 
     def push(self, event: Event) -> bool:
-        if self.closed:
+        if self.closed or (event.id is not None and event.id <= self.floor):
             return False
         transport = self.transport
         if self.direct and transport is not None and not self._buffer:
@@ -121,11 +124,7 @@ class Hub:
         self._by_chat: dict[int, set[Subscriber]] = {}
         self._by_user: dict[int, set[Subscriber]] = {}
         self._closed = False
-        # Ordering of concurrent inserts (see `sequenced`).
-        self.released_id = 0
-        self._tickets = itertools.count()
-        self._in_flight: set[int] = set()
-        self._waiting: list[tuple[int, int, int, Message | None]] = []  # (id, barrier, ticket, msg)
+        self.sequencer = Sequencer(self.publish)
 
     # -- subscribers -------------------------------------------------------------
 
@@ -155,12 +154,21 @@ class Hub:
     def is_empty(self) -> bool:
         return not self._by_chat and not self._by_user
 
-    def close(self) -> None:
-        """End every stream (on shutdown); later subscribers are closed at once."""
-        self._closed = True
+    @property
+    def released_id(self) -> int:
+        """Every message up to this id has been handed to subscribers (or never will be)."""
+        return self.sequencer.released_id
+
+    def end_streams(self) -> None:
+        """End every open stream; each EventSource reconnects and resumes from the database."""
         for subs in [*self._by_chat.values(), *self._by_user.values()]:
             for sub in list(subs):
                 sub.close()
+
+    def close(self) -> None:
+        """End every stream (on shutdown); later subscribers are closed at once."""
+        self._closed = True
+        self.end_streams()
 
     # -- publishing --------------------------------------------------------------
 
@@ -169,14 +177,14 @@ class Hub:
         self.stats.published += 1
         self._fan_out(self._by_chat.get(message.chat_id, ()), event)
 
-    def chat_created(self, chat: Chat) -> None:
-        """A new DM: its participants' per-user streams follow it and are told about it."""
-        event = Event(None, encode_event("chat", chat.to_json()))
+    def chat_created(self, chat: dict[str, Any]) -> None:
+        """A new DM (as JSON): its participants' per-user streams follow it and are told about it."""
+        event = Event(None, encode_event("chat", chat))
         targets = []
-        for member in chat.participants:
-            for sub in self._by_user.get(member.id, ()):
-                sub.chats.add(chat.id)
-                self._by_chat.setdefault(chat.id, set()).add(sub)
+        for member in chat["participants"]:
+            for sub in self._by_user.get(member["id"], ()):
+                sub.chats.add(chat["id"])
+                self._by_chat.setdefault(chat["id"], set()).add(sub)
                 targets.append(sub)
         self._fan_out(targets, event)
 
@@ -188,37 +196,6 @@ class Hub:
             elif sub.overflowed:
                 self.stats.slow_disconnects += 1
         self.stats.deliveries += delivered
-
-    @asynccontextmanager
-    async def sequenced(self) -> AsyncIterator[Callable[[Message], None]]:
-        """Insert a message inside this block and pass it to the callback it yields.
-
-        Auto-increment ids are not commit-ordered: id 11 can commit before id 10. A message
-        is released only once every insert that started before it finished has finished, and
-        released messages go out in id order, so subscribers see ids strictly increasing.
-        """
-        ticket = next(self._tickets)
-        self._in_flight.add(ticket)
-        result: list[Message] = []
-        try:
-            yield result.append
-        finally:
-            barrier = max(self._in_flight)
-            self._in_flight.discard(ticket)
-            message = result[0] if result else None
-            heapq.heappush(self._waiting, (message.id if message else -1, barrier, ticket, message))
-            self._release()
-
-    def _release(self) -> None:
-        oldest_in_flight = min(self._in_flight, default=None)
-        while self._waiting:
-            _, barrier, _, message = self._waiting[0]
-            if oldest_in_flight is not None and oldest_in_flight <= barrier:
-                return
-            heapq.heappop(self._waiting)
-            if message is not None:
-                self.released_id = max(self.released_id, message.id)
-                self.publish(message)
 
 
 def _discard(index: dict[int, set[Subscriber]], key: int, sub: Subscriber) -> None:

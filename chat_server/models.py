@@ -58,6 +58,13 @@ class Message:
     contenido: str
     timestamp: datetime
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Message:
+        moment = datetime.fromisoformat(data["timestamp"])
+        return cls(
+            data["id"], data["chat_id"], data["sender_id"], data["username"], data["contenido"], moment
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from .broker import broker_key
 from .errors import BadRequest, Forbidden, Unauthorized
-from .hub import hub_key
 from .models import ADMIN_USERNAME, Chat, Message, User
 from .store import store_key
 
@@ -33,7 +33,7 @@ async def open_dm(app: web.Application, a: User, b: User) -> tuple[Chat, bool]:
         raise BadRequest("a direct message chat needs two different users")
     chat, created = await app[store_key].get_or_create_dm(a, b)
     if created:
-        app[hub_key].chat_created(chat)
+        await app[broker_key].chat_created(chat)
     return chat, created
 
 
@@ -42,7 +42,7 @@ async def post_message(app: web.Application, chat: Chat, sender: User, contenido
     a stored message must reach its subscribers."""
 
     async def store_and_publish() -> Message:
-        async with app[hub_key].sequenced() as release:
+        async with app[broker_key].insert() as release:
             message = await app[store_key].add_message(chat.id, sender, contenido)
             release(message)
         return message

@@ -15,6 +15,8 @@ DEFAULT_DATABASE_URL = "sqlite:///data/chat.sqlite3"
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
+    # Set to share fan-out between processes (redis://host:port/db); unset means in-process.
+    redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     # Empty means any origin, without credentials (never "*" with credentials).
@@ -33,6 +35,7 @@ class Settings:
         origins = tuple(o.strip() for o in env.get("CHAT_CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=env.get("REDIS_URL") or None,
             host=env.get("CHAT_HOST", defaults.host),
             port=_int(env, "CHAT_PORT", defaults.port),
             cors_origins=origins,

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .api import readable_chat
 from .auth import current_user
-from .hub import Event, Subscriber, hub_key
+from .hub import Subscriber, hub_key
 from .settings import settings_key
 from .sse import HEADERS, HEARTBEAT, PREAMBLE, encode_event
 from .store import store_key
@@ -35,7 +35,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         chat_ids, user_id = await store.chat_ids_of(user), user.id
 
     async with hub.subscribe(chat_ids, user_id) as sub:
-        upto = hub.released_id
+        upto = sub.floor = hub.released_id
         first = [PREAMBLE]
         if last_id is not None and last_id < upto:
             first.extend(await _replay(request, sub, last_id, upto))
@@ -46,7 +46,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         sub.chunked = response.headers.get("Transfer-Encoding") == "chunked"
         with contextlib.suppress(ConnectionResetError):
             await _write(response, b"".join(first))
-            await _pump(request, response, sub, sent_id=upto)
+            await _pump(request, response, sub)
     return response
 
 
@@ -59,7 +59,7 @@ async def _replay(request: web.Request, sub: Subscriber, last_id: int, upto: int
     return [encode_event("message", m.to_json(), event_id=m.id) for m in missed]
 
 
-async def _pump(request: web.Request, response: web.StreamResponse, sub: Subscriber, sent_id: int) -> None:
+async def _pump(request: web.Request, response: web.StreamResponse, sub: Subscriber) -> None:
     """Write live events as they come, a heartbeat when idle, until closed or overflowed."""
     heartbeat = request.app[settings_key].heartbeat_seconds
     while True:
@@ -70,19 +70,12 @@ async def _pump(request: web.Request, response: web.StreamResponse, sub: Subscri
             return
         if batch:
             sub.direct = False
-            frames = [e.frame for e in batch if _is_new(e, sent_id)]
-            sent_id = max([sent_id, *(e.id for e in batch if e.id is not None)])
-            if frames:
-                await _write(response, b"".join(frames))
+            await _write(response, b"".join(e.frame for e in batch))
         elif sub.closed:
             await response.write_eof()
             return
         else:
             await _write(response, HEARTBEAT)
-
-
-def _is_new(event: Event, sent_id: int) -> bool:
-    return event.id is None or event.id > sent_id
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
@@ -136,3 +138,61 @@ class ChatClient:
         preamble = await stream.next_event()
         assert preamble.retry == "3000"
         return stream
+
+
+class Follower:
+    """What a browser's EventSource does: follow a stream, and when it ends or breaks, reconnect
+    with Last-Event-ID. Collects the ids of message events, and counts reconnects."""
+
+    def __init__(self, session: Any, url: str, params: dict[str, Any]) -> None:
+        self.session = session
+        self.url = url
+        self.params = params
+        self.ids: list[int] = []
+        self.connects = 0
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        connected = asyncio.Event()
+        self._task = asyncio.create_task(self._run(connected))
+        await asyncio.wait_for(connected.wait(), WAIT)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_for(self, count: int, timeout: float = 3 * WAIT) -> list[int]:
+        """The ids once at least `count` have arrived (fails after `timeout`)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.ids) >= count), timeout)
+        return list(self.ids)
+
+    async def _run(self, connected: asyncio.Event) -> None:
+        while True:
+            headers = {"Last-Event-ID": str(self.ids[-1])} if self.ids else {}
+            try:
+                async with self.session.get(self.url, params=self.params, headers=headers) as resp:
+                    if resp.status == 200:
+                        self.connects += 1
+                        connected.set()
+                        await self._read(resp)
+            except (aiohttp.ClientError, ConnectionError):
+                pass
+            await asyncio.sleep(0.05)  # EventSource's retry delay, shortened
+
+    async def _read(self, resp: ClientResponse) -> None:
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            *frames, buffer = buffer.split(b"\n\n")
+            for frame in frames:
+                fields = dict(
+                    line.split(": ", 1) for line in frame.decode().split("\n") if ": " in line and not line.startswith(":")
+                )
+                if fields.get("event") == "message":
+                    async with self._changed:
+                        self.ids.append(int(fields["id"]))
+                        self._changed.notify_all()

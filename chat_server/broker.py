@@ -1,0 +1,245 @@
+"""Announcing inserts and chat events to every process: in-process, or through Redis.
+
+Without REDIS_URL the `LocalBroker` feeds this process's hub directly. With it, the
+`RedisBroker` publishes every announcement on one channel and applies what it receives, its
+own included, so all processes see the same order (which the sequencer relies on); one
+subscription per process, not per stream. Redis pub/sub is at-most-once, so the database
+stays the source of truth: whenever announcements may have been missed (Redis down, a publish
+failed, the channel went silent), every process ends its streams and their EventSources
+resume from the database by Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as redis
+from aiohttp import web
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from . import jsonutil
+from .errors import Unavailable
+from .hub import Hub
+from .models import Chat, Message
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# A publish that takes longer than this fails over to local delivery: posts must not hang on Redis.
+PUBLISH_TIMEOUT = 1.0
+# Every process says it is alive this often; a channel silent for 3x this is treated as broken
+# (health checks do not notice a stalled connection).
+HEARTBEAT_SECONDS = 2.0
+RECONNECT_DELAY = 0.5
+STARTUP_WAIT = 3.0
+
+Release = Callable[[Message], None]
+
+
+class Broker(abc.ABC):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._tokens = itertools.count()
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def ping(self) -> None:  # noqa: B027 - nothing to ask in-process
+        pass
+
+    @abc.abstractmethod
+    def insert(self) -> contextlib.AbstractAsyncContextManager[Release]:
+        """Run one message INSERT inside this block and pass the message to what it yields."""
+
+    @abc.abstractmethod
+    async def chat_created(self, chat: Chat) -> None: ...
+
+    def _new_token(self) -> str:
+        return f"{self.process_id}:{next(self._tokens)}"
+
+    @asynccontextmanager
+    async def _local_insert(self, token: str) -> AsyncIterator[Release]:
+        result: list[Message] = []
+        self.hub.sequencer.start(token)
+        try:
+            yield result.append
+        finally:
+            self.hub.sequencer.done(token, result[0] if result else None)
+
+
+class LocalBroker(Broker):
+    """One process: announcements go straight to the hub."""
+
+    def insert(self) -> contextlib.AbstractAsyncContextManager[Release]:
+        return self._local_insert(self._new_token())
+
+    async def chat_created(self, chat: Chat) -> None:
+        self.hub.chat_created(chat.to_json())
+
+
+class RedisBroker(Broker):
+    def __init__(self, hub: Hub, store: Store, url: str, channel: str) -> None:
+        super().__init__(hub)
+        self.store = store
+        self.channel = channel
+        self.redis = redis.from_url(
+            url,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+            socket_timeout=5,
+            socket_connect_timeout=2,
+        )
+        self.resyncs = 0
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._resync_pending: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        subscribed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read_forever(subscribed), name="redis-reader")
+        self._pinger = asyncio.create_task(self._heartbeat_forever(), name="redis-heartbeat")
+        # Our own announcements must come back to us before we post. If Redis is down, start
+        # anyway: posts are delivered locally, and the reader resyncs once Redis answers.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STARTUP_WAIT):
+                await subscribed.wait()
+
+    async def close(self) -> None:
+        for task in (self._reader, self._pinger, self._resync_pending):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.redis.aclose()
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    # -- publishing --------------------------------------------------------------
+
+    @asynccontextmanager
+    async def insert(self) -> AsyncIterator[Release]:
+        token = self._new_token()
+        if not await self._publish({"type": "start", "token": token}):
+            # Redis is unreachable: deliver locally now, and have everyone resync later.
+            async with self._local_insert(token) as release:
+                yield release
+            return
+        result: list[Message] = []
+        try:
+            yield result.append
+        finally:
+            message = result[0] if result else None
+            done = {"type": "done", "token": token, "message": message.to_json() if message else None}
+            if not await self._publish(done):
+                self.hub.sequencer.done(token, message)
+
+    async def chat_created(self, chat: Chat) -> None:
+        data = chat.to_json()
+        if not await self._publish({"type": "chat", "chat": data}):
+            self.hub.chat_created(data)
+
+    async def _publish(self, event: dict[str, Any]) -> bool:
+        """Publish; on failure, schedule a resync of every process and return False."""
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self.redis.publish(self.channel, jsonutil.dumps(event))
+            return True
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis publish failed (%s): delivering locally", exc)
+            if self._resync_pending is None or self._resync_pending.done():
+                self._resync_pending = asyncio.create_task(self._announce_resync())
+            return False
+
+    async def _announce_resync(self) -> None:
+        """Once Redis answers again, tell every process to resync its streams."""
+        while True:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    await self.redis.publish(self.channel, jsonutil.dumps({"type": "resync"}))
+                return
+            await asyncio.sleep(RECONNECT_DELAY)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    await self.redis.publish(self.channel, b'{"type":"hb"}')
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    # -- receiving ---------------------------------------------------------------
+
+    async def _read_forever(self, subscribed: asyncio.Event) -> None:
+        broken = False
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                subscribed.set()
+                if broken:
+                    await self._resync()
+                    broken = False
+                await self._read(pubsub)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not broken:
+                    log.warning("redis subscription lost (%s); retrying", exc)
+                broken = True
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(RECONNECT_DELAY)
+
+    async def _read(self, pubsub: redis.client.PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while True:
+            item = await pubsub.get_message(timeout=1.0)
+            self.hub.sequencer.expire()
+            if item is not None:
+                heard = loop.time()
+                await self._apply(jsonutil.loads(item["data"]))
+            elif loop.time() - heard > 3 * HEARTBEAT_SECONDS:
+                raise TimeoutError("no heartbeat on the redis channel")
+
+    async def _apply(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "start":
+            self.hub.sequencer.start(event["token"])
+        elif kind == "done":
+            data = event["message"]
+            self.hub.sequencer.done(event["token"], Message.from_json(data) if data else None)
+        elif kind == "chat":
+            self.hub.chat_created(event["chat"])
+        elif kind == "resync":
+            await self._resync()
+
+    async def _resync(self) -> None:
+        """Announcements may have been missed: every stream resumes from the database."""
+        self.resyncs += 1
+        released = self.hub.released_id
+        with contextlib.suppress(Unavailable):
+            released = max(released, await self.store.latest_message_id())
+        self.hub.sequencer.reset(released)
+        self.hub.end_streams()
+
+
+def channel_for(database_url: str) -> str:
+    """Processes that share a database share a channel; others on the same Redis do not."""
+    return "chat_server:" + database_url.rsplit("@", 1)[-1]
+
+
+broker_key = web.AppKey("broker", Broker)

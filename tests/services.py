@@ -1,0 +1,124 @@
+"""Private MariaDB and Redis servers for fault tests: spare ports and data folders, started and
+stopped by the tests, so the machine's shared servers are never touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+MARIADBD = "/usr/sbin/mariadbd"
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary) or (binary if os.path.exists(binary) else None)
+    if path is None:
+        reason = f"{binary} is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # a server process has no event to wait on: poll its port
+    raise RuntimeError(f"{what} did not listen on {port} within {START_TIMEOUT}s")
+
+
+class PrivateServer:
+    """A server process that can be stopped and started again on the same port and data."""
+
+    name = "server"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        log = (self.folder / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        _wait_for_port(self.port, self.process, self.name)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class PrivateRedis(PrivateServer):
+    name = "redis"
+
+    def command(self) -> list[str]:
+        binary = _require("redis-server")
+        return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class PrivateMariaDB(PrivateServer):
+    name = "mariadb"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.datadir = folder / "mariadb-data"
+        install = _require("mariadb-install-db")
+        _require(MARIADBD)
+        subprocess.run(
+            [
+                install,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def command(self) -> list[str]:
+        return [
+            MARIADBD,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.folder / 'mariadb.sock'}",
+            "--user=root",
+            "--innodb-buffer-pool-size=64M",
+            "--skip-log-bin",
+        ]
+
+    def url(self, database: str) -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/{database}"

@@ -3,13 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt bench clean
+.PHONY: run test lint fmt bench clean migrate-legacy
 
 run: $(STAMP)
 	mkdir -p data && $(PY) run.py
 
 test: $(STAMP)
 	scripts/ensure-chromium && $(PY) -m pytest $(PYTEST_ARGS)
+
+migrate-legacy: $(STAMP)
+	$(PY) -m chat_server migrate-legacy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy chat_server run.py tests

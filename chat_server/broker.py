@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from . import jsonutil
+from .catchup import DatabaseFollower
 from .errors import Unavailable
 from .hub import Hub
 from .models import Chat, Message
@@ -93,6 +94,15 @@ class LocalBroker(Broker):
 
 
 class RedisBroker(Broker):
+    """Announcements through one Redis channel; the database follower while Redis is away.
+
+    Healthy: inserts are announced on the channel and every process applies what it hears.
+    Degraded (the subscription broke, or a publish failed): announcements are ignored and the
+    process delivers what it reads from the database, in id order (`DatabaseFollower`), while
+    it keeps trying to tell every process to resync. On `resync` (or on resubscribing), each
+    process ends its streams, which resume from the database, and is healthy again.
+    """
+
     def __init__(self, hub: Hub, store: Store, url: str, channel: str) -> None:
         super().__init__(hub)
         self.store = store
@@ -103,50 +113,68 @@ class RedisBroker(Broker):
             socket_timeout=5,
             socket_connect_timeout=2,
         )
+        self.healthy = False
         self.resyncs = 0
-        self._reader: asyncio.Task[None] | None = None
-        self._pinger: asyncio.Task[None] | None = None
-        self._resync_pending: asyncio.Task[None] | None = None
+        self._follower = DatabaseFollower(hub, store)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         subscribed = asyncio.Event()
-        self._reader = asyncio.create_task(self._read_forever(subscribed), name="redis-reader")
-        self._pinger = asyncio.create_task(self._heartbeat_forever(), name="redis-heartbeat")
+        self._spawn("reader", self._read_forever(subscribed))
+        self._spawn("heartbeat", self._heartbeat_forever())
         # Our own announcements must come back to us before we post. If Redis is down, start
-        # anyway: posts are delivered locally, and the reader resyncs once Redis answers.
-        with contextlib.suppress(TimeoutError):
+        # degraded: the database follower delivers, and the reader resyncs once Redis answers.
+        try:
             async with asyncio.timeout(STARTUP_WAIT):
                 await subscribed.wait()
+        except TimeoutError:
+            self._degrade("redis unreachable at start-up")
 
     async def close(self) -> None:
-        for task in (self._reader, self._pinger, self._resync_pending):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in list(self._tasks.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.redis.aclose()
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        running = self._tasks.get(name)
+        if running is None or running.done():
+            self._tasks[name] = asyncio.create_task(work, name=f"redis-{name}")
+        else:
+            work.close()
+
+    def _stop(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    def _degrade(self, reason: str) -> None:
+        if self.healthy:
+            log.warning("redis fan-out degraded (%s): delivering from the database", reason)
+        self.healthy = False
+        self._spawn("follower", self._follower.run())
+        self._spawn("resync", self._announce_resync())
 
     # -- publishing --------------------------------------------------------------
 
     @asynccontextmanager
     async def insert(self) -> AsyncIterator[Release]:
         token = self._new_token()
-        if not await self._publish({"type": "start", "token": token}):
-            # Redis is unreachable: deliver locally now, and have everyone resync later.
-            async with self._local_insert(token) as release:
-                yield release
+        if not self.healthy or not await self._publish({"type": "start", "token": token}):
+            yield _ignore  # the database follower delivers it
             return
         result: list[Message] = []
         try:
             yield result.append
         finally:
             message = result[0] if result else None
-            done = {"type": "done", "token": token, "message": message.to_json() if message else None}
-            if not await self._publish(done):
-                self.hub.sequencer.done(token, message)
+            await self._publish(
+                {"type": "done", "token": token, "message": message.to_json() if message else None}
+            )
 
     async def chat_created(self, chat: Chat) -> None:
         data = chat.to_json()
@@ -154,23 +182,20 @@ class RedisBroker(Broker):
             self.hub.chat_created(data)
 
     async def _publish(self, event: dict[str, Any]) -> bool:
-        """Publish; on failure, schedule a resync of every process and return False."""
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 await self.redis.publish(self.channel, jsonutil.dumps(event))
             return True
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("redis publish failed (%s): delivering locally", exc)
-            if self._resync_pending is None or self._resync_pending.done():
-                self._resync_pending = asyncio.create_task(self._announce_resync())
+            self._degrade(f"publish failed: {exc}")
             return False
 
     async def _announce_resync(self) -> None:
-        """Once Redis answers again, tell every process to resync its streams."""
+        """Once Redis answers again, tell every process (this one included) to resync."""
         while True:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(PUBLISH_TIMEOUT):
-                    await self.redis.publish(self.channel, jsonutil.dumps({"type": "resync"}))
+                    await self.redis.publish(self.channel, b'{"type":"resync"}')
                 return
             await asyncio.sleep(RECONNECT_DELAY)
 
@@ -184,20 +209,15 @@ class RedisBroker(Broker):
     # -- receiving ---------------------------------------------------------------
 
     async def _read_forever(self, subscribed: asyncio.Event) -> None:
-        broken = False
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                await self._resync()
                 subscribed.set()
-                if broken:
-                    await self._resync()
-                    broken = False
                 await self._read(pubsub)
             except (RedisError, OSError, TimeoutError) as exc:
-                if not broken:
-                    log.warning("redis subscription lost (%s); retrying", exc)
-                broken = True
+                self._degrade(f"subscription lost: {exc}")
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -217,15 +237,17 @@ class RedisBroker(Broker):
 
     async def _apply(self, event: dict[str, Any]) -> None:
         kind = event["type"]
-        if kind == "start":
+        if kind == "chat":
+            self.hub.chat_created(event["chat"])
+        elif kind == "resync":
+            await self._resync()
+        elif not self.healthy:
+            return  # the database follower is delivering, in its own order
+        elif kind == "start":
             self.hub.sequencer.start(event["token"])
         elif kind == "done":
             data = event["message"]
             self.hub.sequencer.done(event["token"], Message.from_json(data) if data else None)
-        elif kind == "chat":
-            self.hub.chat_created(event["chat"])
-        elif kind == "resync":
-            await self._resync()
 
     async def _resync(self) -> None:
         """Announcements may have been missed: every stream resumes from the database."""
@@ -235,6 +257,12 @@ class RedisBroker(Broker):
             released = max(released, await self.store.latest_message_id())
         self.hub.sequencer.reset(released)
         self.hub.end_streams()
+        self._stop("follower")
+        self.healthy = True
+
+
+def _ignore(message: Message) -> None:
+    pass
 
 
 def channel_for(database_url: str) -> str:

@@ -1,8 +1,11 @@
 """Compatibility with the seed's older clients: every legacy name and shape lives here.
 
 - GET /api/messages without chat_id: the General chat; with ?usuario=NAME: the DM between the
-  caller and NAME. Messages also carry the legacy fields usuario, mensaje and hora.
-- POST /api/send {usuario, mensaje[, destinatario]}: a message in General, or in a DM.
+  caller and NAME, created if missing. Messages also carry the legacy fields usuario, mensaje and hora.
+- POST /api/send {usuario, mensaje[, destinatario]} (JSON or form): a message in General, or in a DM.
+
+The only other code that knows these names is the one-off copy of the legacy table,
+chat_server/migrate_legacy.py. tests/test_legacy.py checks that nothing else does.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from . import api, service
+from .auth import optional_user
 from .errors import BadRequest, NotFound
 from .jsonutil import json_response
 from .models import LIMA, Message, User
@@ -44,28 +48,30 @@ async def get_messages(request: web.Request) -> web.Response:
 
 
 async def send(request: web.Request) -> web.Response:
+    """Every field is checked before anything is stored: a refused post creates no user."""
     body = await read_body(request)
-    name = clean_username(body.get("usuario"), "usuario")
+    if body.get("usuario") is None:
+        raise BadRequest("usuario is required", field="usuario")
+    name = clean_username(body["usuario"], "usuario")
     text = required_text(body, "mensaje", request.app[settings_key].max_message_chars)
-    store = request.app[store_key]
-    sender, _ = await service.ensure_user(request.app, name)
+    other = None
     if body.get("destinatario") is not None:
         other = await _known_user(request, body["destinatario"], "destinatario")
-        chat, _ = await service.open_dm(request.app, sender, other)
+    sender, _ = await service.ensure_user(request.app, name)
+    if other is None:
+        chat = await request.app[store_key].general_chat()
     else:
-        chat = await store.general_chat()
+        chat, _ = await service.open_dm(request.app, sender, other)
     message = await service.post_message(request.app, chat, sender, text)
     return json_response({"message": legacy_fields(message)}, status=201)
 
 
 async def _legacy_caller(request: web.Request) -> User:
-    """The seed's legacy caller: `username` in the query, or the X-Username header."""
-    raw = request.query.get("username", request.headers.get("X-Username"))
-    if raw is None:
-        raise BadRequest("username (query) or X-Username (header) is required with usuario")
-    user = await request.app[store_key].get_user(username=clean_username(raw))
+    """The caller, identified as in the new flow (X-Username header, `username` query, or a
+    token): 400 without one, as the legacy query cannot be answered; 404 when unknown."""
+    user = await optional_user(request)
     if user is None:
-        raise NotFound("unknown user", username=raw)
+        raise BadRequest("username (query) or X-Username (header) is required with usuario")
     return user
 
 

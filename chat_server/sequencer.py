@@ -62,6 +62,10 @@ class Sequencer:
         self._waiting.clear()
         self.released_id = released_id
 
+    def release(self, message: Message) -> None:
+        """Hand over a message known to come in order (the database follower's)."""
+        self._emit(message)
+
     @property
     def idle(self) -> bool:
         return not self._in_flight and not self._waiting

@@ -90,6 +90,12 @@ class ChatClient:
     def hub(self) -> Hub:
         return self.app[hub_key]
 
+    @property
+    def broker(self) -> Any:
+        from chat_server.broker import broker_key
+
+        return self.app[broker_key]
+
     async def call(self, method: str, path: str, *, status: int | None = None, **kwargs: Any) -> Any:
         async with self.http.request(method, path, **kwargs) as resp:
             body = await resp.json(content_type=None)
@@ -164,10 +170,10 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def wait_for(self, count: int, timeout: float = 3 * WAIT) -> list[int]:
-        """The ids once at least `count` have arrived (fails after `timeout`)."""
+    async def wait_for(self, count: int) -> list[int]:
+        """The ids once at least `count` have arrived (fails after a generous deadline)."""
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.ids) >= count), timeout)
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.ids) >= count), 3 * WAIT)
         return list(self.ids)
 
     async def _run(self, connected: asyncio.Event) -> None:
@@ -189,9 +195,8 @@ class Follower:
             buffer += chunk
             *frames, buffer = buffer.split(b"\n\n")
             for frame in frames:
-                fields = dict(
-                    line.split(": ", 1) for line in frame.decode().split("\n") if ": " in line and not line.startswith(":")
-                )
+                lines = [ln for ln in frame.decode().split("\n") if ": " in ln and not ln.startswith(":")]
+                fields = dict(line.split(": ", 1) for line in lines)
                 if fields.get("event") == "message":
                     async with self._changed:
                         self.ids.append(int(fields["id"]))

@@ -35,10 +35,11 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
     settings: Settings,
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
 ) -> Callable[..., Awaitable[ChatClient]]:
-    """A client of a fresh app; keyword arguments override settings."""
+    """A client of a fresh app; keyword arguments override settings. (`settings` comes first so
+    that the database outlives the apps, which are torn down before it.)"""
 
     async def make(**overrides: object) -> ChatClient:
         app = create_app(replace(settings, **overrides))  # type: ignore[arg-type]

@@ -94,9 +94,8 @@ async def test_stream_replay_reads_through_an_index(
     store: MysqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, chat_ids = await _fill(store, chats=20, per_chat=300)
-    plans = await _plans(
-        store, monkeypatch, lambda: store.messages_since(chat_ids[:3], after_id=5000, upto_id=5500, limit=1001)
-    )
+    replay = lambda: store.messages_since(chat_ids[:3], after_id=5000, upto_id=5500, limit=1001)  # noqa: E731
+    plans = await _plans(store, monkeypatch, replay)
     for plan in _message_table_plans(plans):
         assert plan["key"] in ("PRIMARY", "idx_chat_id"), plan
         assert plan["type"] == "range", plan

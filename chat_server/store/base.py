@@ -308,6 +308,14 @@ class Store(abc.ABC):
             )
         return [self._message(r) for r in rows]
 
+    async def messages_after(self, after_id: int, limit: int) -> list[Message]:
+        """Every chat's messages after `after_id`, in id order (the primary key's range)."""
+        async with self.connection() as db:
+            rows = await db.fetchall(
+                _MESSAGE_SELECT + "WHERE m.id > %s ORDER BY m.id LIMIT %s", (after_id, limit)
+            )
+        return [self._message(r) for r in rows]
+
     async def latest_message_id(self) -> int:
         async with self.connection() as db:
             row = await db.fetchone("SELECT MAX(id) FROM mensajes_v2")

@@ -1,0 +1,392 @@
+"""Copy the seed's legacy `mensajes` table into the v2 tables: `python -m chat_server migrate-legacy`.
+
+Besides chat_server/legacy.py, this is the only code that knows the legacy table and its names.
+
+- Each legacy row becomes one message of `mensajes_v2`: rows with a `destinatario` go to the DM of
+  that pair, the rest to General. Its timestamp is kept, and the v2 ids follow the legacy rows'
+  time order (timestamp, then id).
+- Users are created as needed, each with a DM with admin as at a first login. The name `admin`,
+  or `tipo_usuario` 'admin' in any of a name's rows, gives a new user the admin role (the role
+  of a user who already exists is left alone).
+- `legacy_migrated` (made here, not in the core schema) records which legacy row became which
+  message. Rows are copied in chunks, each in one transaction with its records, so a run that
+  stops half-way never copies a row twice and a later run copies only what is left.
+- Rows that cannot be copied (no usable name or timestamp, a DM with oneself) are skipped, left
+  unrecorded and counted in the summary; a later run tries them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pymysql
+
+from .errors import ApiError
+from .models import ADMIN_USERNAME, User, utc_now
+from .settings import Settings
+from .store import Store, open_store
+from .store.base import Db, Row, _sql_time
+from .store.sqlite import SqliteStore, unikey
+from .validation import clean_username
+
+# Legacy rows read, and then written in one transaction, at a time.
+CHUNK_ROWS = 5000
+# One INSERT carries at most this many rows and about this much text: well below the smallest
+# max_allowed_packet (4 MiB on MySQL 5.7) and SQLite's 32766 parameters.
+INSERT_ROWS = 1000
+INSERT_BYTES = 1 << 20
+
+_LEDGER_DDL = {
+    "mysql": (
+        "CREATE TABLE IF NOT EXISTS legacy_migrated ("
+        " legacy_id INT NOT NULL PRIMARY KEY,"
+        " message_id INT NOT NULL,"
+        " UNIQUE KEY uniq_message (message_id)"
+        ") DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
+    ),
+    "sqlite": (
+        "CREATE TABLE IF NOT EXISTS legacy_migrated ("
+        " legacy_id INTEGER NOT NULL PRIMARY KEY,"
+        " message_id INTEGER NOT NULL UNIQUE)"
+    ),
+}
+_PENDING = "FROM mensajes m LEFT JOIN legacy_migrated l ON l.legacy_id = m.id WHERE l.legacy_id IS NULL"
+_READ = (
+    "SELECT m.id, m.usuario, m.mensaje, m.timestamp, m.tipo_usuario, m.destinatario "
+    + _PENDING
+    + " AND m.timestamp IS NOT NULL"
+)
+
+
+@dataclass
+class Report:
+    """What one run did; `lines()` is the summary the command prints."""
+
+    total: int = 0  # rows in the legacy table
+    copied_before: int = 0  # by earlier runs
+    read: int = 0
+    copied: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # by reason
+    per_chat: Counter[str] = field(default_factory=Counter)  # copied rows by chat label
+    users_created: int = 0
+    dms_created: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"legacy rows: {self.total} ({self.copied_before} copied by earlier runs)",
+            f"read {self.read}, copied {self.copied}, skipped {sum(self.skipped.values())}"
+            f" in {self.seconds:.1f} s",
+        ]
+        out += [f"  skipped, {reason}: {count}" for reason, count in sorted(self.skipped.items())]
+        out.append(f"users created: {self.users_created}, direct-message chats created: {self.dms_created}")
+        if self.per_chat:
+            out.append("copied per chat:")
+            out += [f"  {label}: {count}" for label, count in self.per_chat.most_common()]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """One legacy row, resolved to its v2 message."""
+
+    legacy_id: int
+    chat_id: int
+    sender_id: int
+    contenido: str
+    timestamp: str  # as the store writes it (see store.base._sql_time)
+
+
+class _Skip(Exception):
+    """A legacy row that cannot become a v2 message; the text is the reason."""
+
+
+class LegacyMigration:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        chunk_rows: int = CHUNK_ROWS,
+        progress: Callable[[str], None] | None = None,
+        returning: bool | None = None,
+    ) -> None:
+        self.store = store
+        self.chunk_rows = chunk_rows
+        self.progress = progress
+        # INSERT ... RETURNING (MariaDB >= 10.5, SQLite >= 3.35) gives back the ids of a
+        # multi-row insert; without it, one INSERT a row. None: find out from the server.
+        self.returning = returning
+        self.report = Report()
+        self._users: dict[str, User] = {}  # by legacy name as written
+        self._dms: dict[tuple[int, int], int] = {}  # (low user id, high user id) -> chat id
+        self._labels: dict[int, str] = {}  # chat id -> label in the summary
+        self._admin_keys: set[str] = set()  # names with tipo_usuario 'admin' in some row
+        self._admin: User | None = None
+
+    async def run(self) -> Report:
+        started = time.monotonic()
+        dialect = "sqlite" if isinstance(self.store, SqliteStore) else "mysql"
+        async with self.store.connection() as db:
+            await db.execute(_LEDGER_DDL[dialect])
+            if self.returning is None:
+                self.returning = await _supports_returning(db, dialect)
+            self.report.total = await _count(db, "SELECT COUNT(*) FROM mensajes")
+            pending = await _count(db, "SELECT COUNT(*) " + _PENDING)
+            no_time = await _count(db, "SELECT COUNT(*) " + _PENDING + " AND m.timestamp IS NULL")
+            admins = await db.fetchall(
+                "SELECT DISTINCT usuario FROM mensajes WHERE LOWER(TRIM(tipo_usuario)) = 'admin'"
+            )
+        self.report.copied_before = self.report.total - pending
+        self.report.read = no_time
+        if no_time:
+            self.report.skipped["no timestamp"] = no_time
+        self._admin_keys = {_key(name) for (name,) in admins if isinstance(name, str)}
+        self._admin = await self.store.get_user(username=ADMIN_USERNAME)
+        assert self._admin is not None, "store.start() creates admin"
+        self._labels[self.store.general_id] = "General"
+
+        after: tuple[Any, int] | None = None
+        while True:
+            rows = await self._read(after)
+            if not rows:
+                break
+            after = (rows[-1][3], rows[-1][0])
+            copies = [c for c in [await self._resolve(row) for row in rows] if c is not None]
+            await self._write(copies)
+            self.report.read += len(rows)
+            self.report.copied += len(copies)
+            if pending > self.chunk_rows and self.progress is not None:
+                rate = self.report.read / max(time.monotonic() - started, 1e-6)
+                self.progress(
+                    f"{self.report.read}/{pending} rows read ({100 * self.report.read // pending}%),"
+                    f" {self.report.copied} copied, {rate:.0f} rows/s"
+                )
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    async def _read(self, after: tuple[Any, int] | None) -> list[Row]:
+        """The next chunk of rows not copied yet, in (timestamp, id) order."""
+        sql, args = _READ, []
+        if after is not None:
+            # The timestamp goes back exactly as read, so the comparison is the column's own.
+            sql += " AND (m.timestamp > %s OR (m.timestamp = %s AND m.id > %s))"
+            args = [after[0], after[0], after[1]]
+        async with self.store.connection() as db:
+            return await db.fetchall(sql + " ORDER BY m.timestamp, m.id LIMIT %s", [*args, self.chunk_rows])
+
+    async def _resolve(self, row: Row) -> _Copy | None:
+        legacy_id, usuario, mensaje, timestamp, _, destinatario = row
+        try:
+            moment = _timestamp(timestamp)
+            sender = await self._user(usuario, "usuario")
+            if destinatario is None or (isinstance(destinatario, str) and not destinatario.strip()):
+                chat_id = self.store.general_id
+            else:
+                chat_id = await self._dm(sender, await self._user(destinatario, "destinatario"))
+        except _Skip as skip:
+            self.report.skipped[str(skip)] += 1
+            return None
+        self.report.per_chat[self._labels[chat_id]] += 1
+        return _Copy(int(legacy_id), chat_id, sender.id, str(mensaje), _sql_time(moment))
+
+    async def _user(self, raw: Any, column: str) -> User:
+        """The v2 user of a legacy name, created on first sight."""
+        user = self._users.get(raw)
+        if user is not None:
+            return user
+        try:
+            name = clean_username(raw, column)
+        except ApiError:
+            raise _Skip(f"invalid {column}") from None
+        user = await self.store.get_user(username=name)
+        if user is None:
+            if _key(name) in self._admin_keys:
+                user, created = await self._create_admin(name)
+            else:
+                user, created = await self.store.ensure_user(name)
+            if created:
+                self.report.users_created += 1
+                # As at a first login (service.ensure_user), with no hub to announce it to.
+                assert self._admin is not None
+                if user.id != self._admin.id:
+                    await self._dm(self._admin, user)
+        self._users[raw] = user
+        return user
+
+    async def _create_admin(self, name: str) -> tuple[User, bool]:
+        """store.ensure_user, but with the admin role from the start: the store caches users as
+        never changing, so a role set afterwards would not be seen by the store that made them."""
+        async with self.store.connection() as db:
+            count, _ = await db.execute(
+                "INSERT IGNORE INTO usuarios (username, role, creado_en) VALUES (%s, 'admin', %s)",
+                (name, _sql_time(utc_now())),
+            )
+        user = await self.store.get_user(username=name)
+        assert user is not None
+        if count:
+            async with self.store.connection() as db:
+                await db.execute(
+                    "INSERT IGNORE INTO chat_participants (chat_id, user_id) VALUES (%s, %s)",
+                    (self.store.general_id, user.id),
+                )
+        return user, bool(count)
+
+    async def _dm(self, a: User, b: User) -> int:
+        if a.id == b.id:
+            raise _Skip("destinatario is the sender")
+        low, high = sorted((a.id, b.id))
+        chat_id = self._dms.get((low, high))
+        if chat_id is None:
+            chat, created = await self.store.get_or_create_dm(a, b)
+            chat_id = self._dms[low, high] = chat.id
+            self.report.dms_created += created
+            names = sorted((a.username, b.username), key=lambda n: (n != ADMIN_USERNAME, n.lower()))
+            self._labels[chat_id] = f"DM {names[0]} / {names[1]} (chat {chat_id})"
+        return chat_id
+
+    async def _write(self, copies: Sequence[_Copy]) -> None:
+        """The chunk's messages and their records, all or nothing."""
+        if not copies:
+            return
+        async with self.store.transaction() as db:
+            for batch in _batches(copies):
+                ids = await self._insert(db, batch)
+                await db.execute(
+                    "INSERT INTO legacy_migrated (legacy_id, message_id) VALUES "
+                    + ", ".join(["(%s, %s)"] * len(batch)),
+                    [v for c, message_id in zip(batch, ids, strict=True) for v in (c.legacy_id, message_id)],
+                )
+
+    async def _insert(self, db: Db, batch: Sequence[_Copy]) -> list[int]:
+        """Insert in the given order; return the new ids in that order."""
+        sql = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
+        if not self.returning:
+            ids = []
+            for c in batch:
+                _, message_id = await db.execute(
+                    sql + "(%s, %s, %s, %s)", (c.chat_id, c.sender_id, c.contenido, c.timestamp)
+                )
+                ids.append(message_id)
+            return ids
+        rows = await db.fetchall(
+            sql + ", ".join(["(%s, %s, %s, %s)"] * len(batch)) + " RETURNING id",
+            [v for c in batch for v in (c.chat_id, c.sender_id, c.contenido, c.timestamp)],
+        )
+        # One statement's auto-increment ids grow row by row; RETURNING's own order is not
+        # promised (SQLite says so), the ids' order is.
+        ids = sorted(int(r[0]) for r in rows)
+        assert len(ids) == len(batch)
+        return ids
+
+
+async def migrate_legacy(
+    store: Store,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: Callable[[str], None] | None = None,
+    returning: bool | None = None,
+) -> Report:
+    """Copy what is left of the legacy table; the store must be started."""
+    migration = LegacyMigration(store, chunk_rows=chunk_rows, progress=progress, returning=returning)
+    return await migration.run()
+
+
+def _batches(copies: Sequence[_Copy]) -> list[Sequence[_Copy]]:
+    batches, start, size = [], 0, 0
+    for i, c in enumerate(copies):
+        size += len(c.contenido.encode()) + 64
+        if i > start and (i - start >= INSERT_ROWS or size > INSERT_BYTES):
+            batches.append(copies[start:i])
+            start, size = i, len(c.contenido.encode()) + 64
+    batches.append(copies[start:])
+    return batches
+
+
+def _timestamp(value: Any) -> datetime:
+    """A legacy TIMESTAMP as aware UTC: MySQL sessions run in UTC (naive datetimes come back);
+    SQLite keeps CURRENT_TIMESTAMP's UTC text. Zero dates and garbage are skipped."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise _Skip("invalid timestamp") from None
+    if not isinstance(value, datetime):
+        raise _Skip("invalid timestamp")
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _key(name: str) -> str:
+    """Names as both stores compare them: trimmed, case and accents ignored."""
+    return unikey(name.strip()) or ""
+
+
+async def _count(db: Db, sql: str) -> int:
+    row = await db.fetchone(sql)
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+async def _supports_returning(db: Db, dialect: str) -> bool:
+    if dialect == "sqlite":
+        return sqlite3.sqlite_version_info >= (3, 35)
+    row = await db.fetchone("SELECT VERSION()")
+    version = str(row[0]) if row else ""
+    if "mariadb" not in version.lower():
+        return False  # MySQL has no INSERT ... RETURNING
+    major, minor = (int(part) for part in version.split("-")[0].split(".")[:2])
+    return (major, minor) >= (10, 5)
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+def add_command(subcommands: Any) -> None:
+    """Register `migrate-legacy` on an argparse subparsers object."""
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "migrate-legacy",
+        help="copy the legacy mensajes table into the v2 chats (idempotent)",
+        description=__doc__.split("\n\n", 1)[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="the database to migrate (default: DATABASE_URL, else the embedded SQLite file)",
+    )
+    parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help="legacy rows per transaction")
+    parser.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    url = args.database_url or Settings.from_env().database_url
+    if args.chunk_rows < 1:
+        print("--chunk-rows must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_run(url, args.chunk_rows))
+    except (OSError, ApiError, pymysql.err.OperationalError) as exc:
+        print(f"migrate-legacy: the database is unavailable: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line, flush=True)
+    return 0
+
+
+async def _run(url: str, chunk_rows: int) -> Report:
+    store = open_store(url)
+    try:
+        await store.start()
+        return await migrate_legacy(store, chunk_rows=chunk_rows, progress=_print)
+    finally:
+        await store.close()
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)

@@ -1,0 +1,149 @@
+"""Several processes behind one Redis: fan-out crosses processes, and Redis faults lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+from chat_server.app import create_app
+from chat_server.settings import Settings
+
+from .chat_client import ChatClient, Follower
+from .services import PrivateRedis
+from .waiting import eventually
+
+SHARED_REDIS = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+Make = Callable[..., Awaitable[ChatClient]]
+
+
+@pytest.fixture
+def shared_redis() -> str:
+    try:
+        redis.Redis.from_url(SHARED_REDIS, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        reason = f"Redis not reachable at {SHARED_REDIS}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return SHARED_REDIS
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def process(settings: Settings, aiohttp_client) -> Make:  # type: ignore[no-untyped-def]
+    """Another server process sharing the database: an app of its own on its own port.
+    (`settings` first: the database must outlive the apps, which are torn down first.)"""
+
+    async def make(redis_url: str) -> ChatClient:
+        app = create_app(Settings(database_url=settings.database_url, redis_url=redis_url, secret="s"))
+        return ChatClient(await aiohttp_client(app))
+
+    return make
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
+async def follow(session: aiohttp.ClientSession, client: ChatClient, **params: object) -> Follower:
+    follower = Follower(session, str(client.http.make_url("/api/stream")), dict(params))
+    await follower.start()
+    return follower
+
+
+async def test_messages_posted_on_either_process_reach_streams_on_both(
+    process: Make, shared_redis: str
+) -> None:
+    a, b = await process(shared_redis), await process(shared_redis)
+    await a.login("ana")
+    dm = await a.dm_id("ana", "admin")
+    general = a.store.general_id
+    on_a = await a.open_stream({"chat_id": general})
+    on_b = await b.open_stream({"chat_id": general})
+    ana_on_b = await b.open_stream({"username": "ana"})
+    admin_on_a = await a.open_stream({"username": "admin"})
+
+    first = await a.post(general, "desde A", "beto")
+    second = await b.post(dm, "desde B", "ana")
+    third = await a.post(dm, "respuesta", "admin")
+
+    assert await on_a.messages(1) == [first]
+    assert await on_b.messages(1) == [first]
+    assert await ana_on_b.messages(3) == [first, second, third]
+    assert await admin_on_a.messages(3) == [first, second, third]
+
+
+async def test_a_dm_made_on_one_process_is_announced_on_the_other(process: Make, shared_redis: str) -> None:
+    a, b = await process(shared_redis), await process(shared_redis)
+    await a.login("ana")
+    await a.login("beto")
+    beto_on_b = await b.open_stream({"username": "beto"})
+    chat_id = await a.dm_id("ana", "beto")
+    event = await beto_on_b.next_event()
+    assert event.event == "chat"
+    message = await a.post(chat_id, "hola", "ana")
+    assert await beto_on_b.messages(1) == [message]
+
+
+async def test_concurrent_posts_on_two_processes_arrive_in_id_order_everywhere(
+    process: Make, shared_redis: str
+) -> None:
+    a, b = await process(shared_redis), await process(shared_redis)
+    general = a.store.general_id
+    streams = [await a.open_stream({"chat_id": general}), await b.open_stream({"chat_id": general})]
+    posts = [(a if i % 2 else b).post(general, f"m{i}", f"u{i % 5}") for i in range(200)]
+    expected = sorted(m["id"] for m in await asyncio.gather(*posts))
+    for stream in streams:
+        assert [m["id"] for m in await stream.messages(200)] == expected
+
+
+async def test_redis_stopped_and_restarted_loses_nothing_on_either_process(
+    process: Make, private_redis: PrivateRedis, session: aiohttp.ClientSession
+) -> None:
+    a, b = await process(private_redis.url), await process(private_redis.url)
+    await a.login("ana")
+    general = a.store.general_id
+    followers = [
+        await follow(session, a, chat_id=general),
+        await follow(session, b, chat_id=general),
+        await follow(session, b, username="ana"),
+    ]
+    accepted: list[int] = []
+
+    async def post_some(count: int, tag: str) -> None:
+        for i in range(count):
+            client = a if i % 2 else b
+            accepted.append((await client.post(general, f"{tag} {i}", "ana"))["id"])
+
+    try:
+        await post_some(10, "before")
+        private_redis.stop()
+        await post_some(10, "while down")
+        private_redis.start()
+        await post_some(10, "after")
+        for follower in followers:
+            assert await follower.wait_for(len(accepted)) == sorted(accepted)
+        await eventually(lambda: a.broker.healthy and b.broker.healthy, "both use Redis again")
+        await post_some(4, "recovered")
+        for follower in followers:
+            assert await follower.wait_for(len(accepted)) == sorted(accepted)
+    finally:
+        for follower in followers:
+            await follower.stop()

@@ -59,8 +59,8 @@ class PrivateServer:
         raise NotImplementedError
 
     def start(self) -> None:
-        log = (self.folder / f"{self.name}.log").open("ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        with (self.folder / f"{self.name}.log").open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         _wait_for_port(self.port, self.process, self.name)
 
     def stop(self) -> None:

@@ -14,9 +14,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="chat_server: a real-time chat backend")
     parser.add_argument("--host", default=settings.host, help="address to bind (CHAT_HOST)")
     parser.add_argument("--port", type=int, default=settings.port, help="port to bind (CHAT_PORT)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="server processes sharing the port; above 1 needs REDIS_URL (CHAT_WORKERS)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(settings, host=args.host, port=args.port)
+    serve(settings, host=args.host, port=args.port, workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from . import service
@@ -94,7 +96,8 @@ async def post_message(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     await request.app[store_key].ping()
-    return json_response({"status": "ok"})
+    # The pid tells workers sharing a port apart.
+    return json_response({"status": "ok", "pid": os.getpid()})
 
 
 def setup_routes(app: web.Application) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import resource
+import signal
 
 import uvloop
 from aiohttp import web
@@ -38,13 +42,24 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
+def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
+    """Serve in this process, or in `workers` processes sharing the port (SO_REUSEPORT)."""
+    if workers > 1:
+        if not settings.redis_url:
+            raise SystemExit("--workers above 1 needs REDIS_URL: workers share their streams through Redis")
+        _supervise(settings, host=host, port=port, workers=workers)
+    else:
+        _serve_one(settings, host=host, port=port, reuse_port=False)
+
+
+def _serve_one(settings: Settings, *, host: str, port: int, reuse_port: bool) -> None:
     limit = raise_open_file_limit()
-    log.info("open-file limit %d: room for about %d streams", limit, limit - 100)
+    log.info("pid %d: open-file limit %d, room for about %d streams", os.getpid(), limit, limit - 100)
     web.run_app(
         create_app(settings),
         host=host,
         port=port,
+        reuse_port=reuse_port,
         # Cancel a handler as soon as its client goes away: the same as under test.
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -52,3 +67,39 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         loop=uvloop.new_event_loop(),
         access_log_class=AccessLogger,
     )
+
+
+def _supervise(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    """Run the workers; start a new one in place of any that dies, until told to stop."""
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker_main, args=(settings, host, port), daemon=False)
+        process.start()
+        return process
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    running = [start() for _ in range(workers)]
+    log.info("%d workers on %s:%d: %s", workers, host, port, [p.pid for p in running])
+    while not stopping:
+        multiprocessing.connection.wait([p.sentinel for p in running], timeout=1.0)
+        for i, process in enumerate(running):
+            if not process.is_alive() and not stopping:
+                log.warning("worker %s exited with %s; starting another", process.pid, process.exitcode)
+                running[i] = start()
+    for process in running:
+        if process.pid is not None and process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    for process in running:
+        process.join(SHUTDOWN_TIMEOUT * 3)
+
+
+def _worker_main(settings: Settings, host: str, port: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _serve_one(settings, host=host, port=port, reuse_port=True)

@@ -19,6 +19,7 @@ class Settings:
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     # Empty means any origin, without credentials (never "*" with credentials).
     cors_origins: tuple[str, ...] = ()
     max_message_chars: int = 4000
@@ -38,6 +39,7 @@ class Settings:
             redis_url=env.get("REDIS_URL") or None,
             host=env.get("CHAT_HOST", defaults.host),
             port=_int(env, "CHAT_PORT", defaults.port),
+            workers=_int(env, "CHAT_WORKERS", defaults.workers),
             cors_origins=origins,
             max_message_chars=_int(env, "CHAT_MAX_MESSAGE_CHARS", defaults.max_message_chars),
             heartbeat_seconds=float(env.get("CHAT_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 
 import pytest
@@ -281,4 +282,4 @@ async def test_cors_with_listed_origins_allows_credentials_only_for_them(make_cl
 
 
 async def test_healthz(client: ChatClient) -> None:
-    assert await client.call("GET", "/healthz", status=200) == {"status": "ok"}
+    assert await client.call("GET", "/healthz", status=200) == {"status": "ok", "pid": os.getpid()}

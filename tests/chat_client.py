@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from chat_server.hub import Hub, hub_key
 from chat_server.store import Store, store_key
+
+# pytest-aiohttp's `aiohttp_client` fixture.
+AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 # How long a test waits for something that should happen now, before failing.
 WAIT = 10.0

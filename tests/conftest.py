@@ -7,13 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from chat_server.app import create_app
 from chat_server.settings import Settings
 
-from .chat_client import ChatClient
+from .chat_client import AiohttpClient, ChatClient
 from .databases import throwaway_database
 
 BACKENDS = ("sqlite", "mysql")
@@ -36,7 +34,7 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 def make_client(
     settings: Settings,
-    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    aiohttp_client: AiohttpClient,
 ) -> Callable[..., Awaitable[ChatClient]]:
     """A client of a fresh app; keyword arguments override settings. (`settings` comes first so
     that the database outlives the apps, which are torn down before it.)"""

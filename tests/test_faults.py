@@ -15,7 +15,7 @@ import pytest
 from chat_server.app import create_app
 from chat_server.settings import Settings
 
-from .chat_client import ChatClient, Follower
+from .chat_client import AiohttpClient, ChatClient, Follower
 from .services import PrivateMariaDB
 from .waiting import eventually
 
@@ -82,7 +82,7 @@ class Poster:
 async def test_mariadb_stopped_and_restarted_under_posting_load(
     mariadb: PrivateMariaDB,
     session: aiohttp.ClientSession,
-    aiohttp_client,  # type: ignore[no-untyped-def]
+    aiohttp_client: AiohttpClient,
 ) -> None:
     settings = Settings(database_url=mariadb.url("chat_faults"), secret="s", heartbeat_seconds=0.5)
     client = ChatClient(await aiohttp_client(create_app(settings)))

@@ -14,7 +14,7 @@ import redis
 from chat_server.app import create_app
 from chat_server.settings import Settings
 
-from .chat_client import ChatClient, Follower
+from .chat_client import AiohttpClient, ChatClient, Follower
 from .services import PrivateRedis
 from .waiting import eventually
 
@@ -45,7 +45,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture
-def process(settings: Settings, aiohttp_client) -> Make:  # type: ignore[no-untyped-def]
+def process(settings: Settings, aiohttp_client: AiohttpClient) -> Make:
     """Another server process sharing the database: an app of its own on its own port.
     (`settings` first: the database must outlive the apps, which are torn down first.)"""
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from chat_server.app import create_app
 from chat_server.settings import Settings
 
-from .chat_client import ChatClient
+from .chat_client import AiohttpClient, ChatClient
 from .databases import create_database, run_sql, throwaway_database
 
 SEED_SQL = Path(__file__).with_name("seed_schema.sql")
@@ -34,7 +30,7 @@ SEED_ROWS = [
 
 
 async def test_server_starts_on_a_seed_made_database_and_loses_nothing(
-    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    aiohttp_client: AiohttpClient,
 ) -> None:
     with throwaway_database() as url:
         name = url.rsplit("/", 1)[1]

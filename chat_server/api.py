@@ -11,6 +11,7 @@ from .auth import current_user, issue_token, optional_user
 from .errors import BadRequest, NotFound
 from .jsonutil import json_response
 from .models import Chat, Message
+from .presence import presence_key
 from .settings import settings_key
 from .store import DEFAULT_PAGE, MAX_PAGE, store_key
 from .validation import clean_username, int_value, optional_int, read_body, required_text
@@ -37,7 +38,8 @@ async def logout(request: web.Request) -> web.Response:
 async def list_chats(request: web.Request) -> web.Response:
     user = await current_user(request)
     chats = await request.app[store_key].list_chats(user)
-    return json_response({"chats": [c.to_json() for c in chats]})
+    online = await request.app[presence_key].online({p.id for c in chats for p in c.participants})
+    return json_response({"chats": [c.to_json(online) for c in chats]})
 
 
 async def create_dm(request: web.Request) -> web.Response:

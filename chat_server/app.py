@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 import aiohttp_cors
 from aiohttp import web
 
-from . import api, legacy, streams
+from . import api, legacy, service, streams
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
 from .errors import error_middleware
 from .hub import Hub, hub_key
+from .presence import LocalPresence, Presence, RedisPresence, presence_key
 from .settings import Settings, settings_key
 from .store import open_store, store_key
 
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.cleanup_ctx.append(_broker_ctx)
+    app.cleanup_ctx.append(_presence_ctx)
     app.on_shutdown.append(_end_streams)
     api.setup_routes(app)
     legacy.setup_routes(app)
@@ -66,6 +68,24 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     app[broker_key] = broker
     yield
     await broker.close()
+
+
+async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
+    broker = app[broker_key]
+
+    async def announce(user_id: int, online: bool) -> None:
+        await service.announce_presence(app, user_id, online)
+
+    presence: Presence
+    if isinstance(broker, RedisBroker):
+        ttl = app[settings_key].presence_ttl
+        presence = RedisPresence(announce, broker.redis, broker.channel, broker.process_id, ttl)
+    else:
+        presence = LocalPresence(announce)
+    await presence.start()
+    app[presence_key] = presence
+    yield
+    await presence.close()
 
 
 async def _end_streams(app: web.Application) -> None:

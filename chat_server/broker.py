@@ -70,6 +70,9 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def chat_created(self, chat: Chat) -> None: ...
 
+    @abc.abstractmethod
+    async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None: ...
+
     def _new_token(self) -> str:
         return f"{self.process_id}:{next(self._tokens)}"
 
@@ -91,6 +94,9 @@ class LocalBroker(Broker):
 
     async def chat_created(self, chat: Chat) -> None:
         self.hub.chat_created(chat.to_json())
+
+    async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None:
+        self.hub.presence(change, chat_ids)
 
 
 class RedisBroker(Broker):
@@ -181,6 +187,10 @@ class RedisBroker(Broker):
         if not await self._publish({"type": "chat", "chat": data}):
             self.hub.chat_created(data)
 
+    async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None:
+        if not await self._publish({"type": "presence", "change": change, "chats": chat_ids}):
+            self.hub.presence(change, chat_ids)
+
     async def _publish(self, event: dict[str, Any]) -> bool:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
@@ -239,6 +249,8 @@ class RedisBroker(Broker):
         kind = event["type"]
         if kind == "chat":
             self.hub.chat_created(event["chat"])
+        elif kind == "presence":
+            self.hub.presence(event["change"], event["chats"])
         elif kind == "resync":
             await self._resync()
         elif not self.healthy:

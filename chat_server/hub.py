@@ -188,6 +188,17 @@ class Hub:
                 targets.append(sub)
         self._fan_out(targets, event)
 
+    def presence(self, change: dict[str, Any], chat_ids: Iterable[int]) -> None:
+        """A user came online or went offline: tell the per-user streams of their chats' others."""
+        event = Event(None, encode_event("presence", change))
+        targets = {
+            sub
+            for chat_id in chat_ids
+            for sub in self._by_chat.get(chat_id, ())
+            if sub.user_id is not None and sub.user_id != change["user_id"]
+        }
+        self._fan_out(targets, event)
+
     def _fan_out(self, subscribers: Iterable[Subscriber], event: Event) -> None:
         delivered = 0
         for sub in list(subscribers):

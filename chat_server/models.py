@@ -45,8 +45,12 @@ class User:
             "creado_en": lima_iso(self.creado_en),
         }
 
-    def brief(self) -> dict[str, Any]:
-        return {"id": self.id, "username": self.username, "role": self.role}
+    def brief(self, online: set[int] | None = None) -> dict[str, Any]:
+        """As a chat participant; with `online` known, whether the user is online."""
+        brief: dict[str, Any] = {"id": self.id, "username": self.username, "role": self.role}
+        if online is not None:
+            brief["online"] = self.id in online
+        return brief
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +96,11 @@ class Chat:
         # Everyone takes part in General, whether or not a participant row exists yet.
         return self.is_general or any(p.id == user_id for p in self.participants)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, online: set[int] | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "type": self.type,
             "name": self.name,
-            "participants": [p.brief() for p in self.participants],
+            "participants": [p.brief(online) for p in self.participants],
             "last_message": self.last_message.to_json() if self.last_message else None,
         }

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from .broker import broker_key
-from .errors import BadRequest, Forbidden, Unauthorized
+from .errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from .models import ADMIN_USERNAME, Chat, Message, User
 from .store import store_key
 
@@ -48,6 +48,20 @@ async def post_message(app: web.Application, chat: Chat, sender: User, contenido
         return message
 
     return await _shield(store_and_publish())
+
+
+async def announce_presence(app: web.Application, user_id: int, online: bool) -> None:
+    """Tell the user's DM partners (General is everyone: not told, to stay O(partners))."""
+    store = app[store_key]
+    try:
+        user = await store.get_user(user_id=user_id)
+        if user is None:
+            return
+        dms = [c for c in await store.chat_ids_of(user) if c != store.general_id]
+    except Unavailable:
+        return  # presence is best effort; the chat list shows the truth on the next read
+    change = {"user_id": user.id, "username": user.username, "online": online}
+    await app[broker_key].presence_changed(change, dms)
 
 
 def require_member(chat: Chat, user: User | None) -> None:

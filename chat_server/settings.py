@@ -24,6 +24,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_message_chars: int = 4000
     heartbeat_seconds: float = 15.0
+    # With Redis, a crashed process's users count as online at most this long.
+    presence_ttl: float = 30.0
     replay_limit: int = 1000
     # Events a stream may have waiting before it counts as too slow and is disconnected.
     subscriber_buffer: int = 1000
@@ -43,6 +45,7 @@ class Settings:
             cors_origins=origins,
             max_message_chars=_int(env, "CHAT_MAX_MESSAGE_CHARS", defaults.max_message_chars),
             heartbeat_seconds=float(env.get("CHAT_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),
+            presence_ttl=float(env.get("CHAT_PRESENCE_TTL", defaults.presence_ttl)),
             replay_limit=_int(env, "CHAT_REPLAY_LIMIT", defaults.replay_limit),
             subscriber_buffer=_int(env, "CHAT_SUBSCRIBER_BUFFER", defaults.subscriber_buffer),
             secret=env.get("CHAT_SECRET") or defaults.secret,

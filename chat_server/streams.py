@@ -13,8 +13,9 @@ import contextlib
 from aiohttp import web
 
 from .api import readable_chat
-from .auth import current_user
+from .auth import current_user, optional_user
 from .hub import Subscriber, hub_key
+from .presence import presence_key
 from .settings import settings_key
 from .sse import HEADERS, HEARTBEAT, PREAMBLE, encode_event
 from .store import store_key
@@ -29,12 +30,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
     store, hub = request.app[store_key], request.app[hub_key]
     if "chat_id" in request.query:
         chat = await readable_chat(request, int_value(request.query["chat_id"], "chat_id"))
+        viewer = await optional_user(request)
         chat_ids, user_id = [chat.id], None
     else:
-        user = await current_user(request)
-        chat_ids, user_id = await store.chat_ids_of(user), user.id
+        viewer = await current_user(request)
+        chat_ids, user_id = await store.chat_ids_of(viewer), viewer.id
 
-    async with hub.subscribe(chat_ids, user_id) as sub:
+    async with (
+        request.app[presence_key].online_while(viewer),
+        hub.subscribe(chat_ids, user_id) as sub,
+    ):
         upto = sub.floor = hub.released_id
         first = [PREAMBLE]
         if last_id is not None and last_id < upto:

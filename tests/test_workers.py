@@ -41,17 +41,25 @@ def workers(tmp_path: Path, shared_redis: str) -> Iterator[str]:  # noqa: F811
             assert server.wait(timeout=30) == 0
 
 
-async def _worker_pids(session: aiohttp.ClientSession, base: str) -> set[int]:
-    """Ask /healthz on fresh connections until both workers have answered."""
-    pids: set[int] = set()
+async def _wait_ready(session: aiohttp.ClientSession, base: str) -> int:
+    """The pid of the process that answered /healthz, once one does."""
     async with asyncio.timeout(60):
-        while len(pids) < 2:
+        while True:
             try:
                 async with session.get(f"{base}/healthz", headers={"Connection": "close"}) as resp:
                     if resp.status == 200:
-                        pids.add((await resp.json())["pid"])
+                        pid: int = (await resp.json())["pid"]
+                        return pid
             except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.1)  # still starting: nothing to wait on but the port
+                pass
+            await asyncio.sleep(0.1)  # still starting: nothing to wait on but the port
+
+
+async def _worker_pids(session: aiohttp.ClientSession, base: str) -> set[int]:
+    """Ask /healthz on fresh connections until both workers have answered."""
+    pids: set[int] = set()
+    while len(pids) < 2:
+        pids.add(await _wait_ready(session, base))
     return pids
 
 

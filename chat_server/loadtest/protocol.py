@@ -61,8 +61,10 @@ class WorkerResult:
     ended_early: int
     latencies_ms: bytes  # array("d") of the delivery latencies
     last_ns: int | None
-    cpu_seconds: float
+    cpu_seconds: float  # over the whole run
     wall_seconds: float
+    busy_cpu_seconds: float  # once all streams were open: while messages were posted and delivered
+    busy_wall_seconds: float
     errors: list[str]
 
 

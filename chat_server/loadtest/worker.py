@@ -55,8 +55,8 @@ class Worker:
         self.readers: list[asyncio.Task[None]] = []
         self.failed = 0
         self.errors: list[str] = []
-        self.started = time.time()
-        self.cpu_at_start = cpu_seconds()
+        self.started = self.ready_at = time.time()
+        self.cpu_at_start = self.cpu_at_ready = cpu_seconds()
 
     async def run(self) -> WorkerResult:
         finish: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -139,7 +139,8 @@ class Worker:
         by_chat: dict[int, int] = {}
         for stream in self.streams:
             by_chat[stream.chat_id] = by_chat.get(stream.chat_id, 0) + 1
-        return WorkerReady(self.job.index, by_chat, self.failed, connect_started, time.time())
+        self.ready_at, self.cpu_at_ready = time.time(), cpu_seconds()
+        return WorkerReady(self.job.index, by_chat, self.failed, connect_started, self.ready_at)
 
     def result(self, order: Finish) -> WorkerResult:
         expected = {chat: frozenset(ids) for chat, ids in order.ids_by_chat.items()}
@@ -149,6 +150,7 @@ class Worker:
             lost += missing
             unexpected += extra
         r = self.receiver
+        now, cpu = time.time(), cpu_seconds()
         return WorkerResult(
             index=self.job.index,
             received=r.received,
@@ -160,8 +162,10 @@ class Worker:
             ended_early=sum(s.ended for s in self.streams),
             latencies_ms=r.latencies_ms.tobytes(),
             last_ns=r.last_ns,
-            cpu_seconds=cpu_seconds() - self.cpu_at_start,
-            wall_seconds=time.time() - self.started,
+            cpu_seconds=cpu - self.cpu_at_start,
+            wall_seconds=now - self.started,
+            busy_cpu_seconds=cpu - self.cpu_at_ready,
+            busy_wall_seconds=now - self.ready_at,
             errors=self.errors,
         )
 

@@ -1,0 +1,191 @@
+"""Who is online: a user is, while at least one stream of theirs is open on any process.
+
+In-process, a count per user. With Redis, each process keeps its own counts and records
+"user U is on process P until T" in a sorted set per user, refreshed well before T; a process
+that dies stops refreshing, and whichever process sweeps the expired entry first announces the
+user offline. Changes reach the per-user streams of the user's DM partners as `event: presence`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+
+import redis.asyncio as redis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from .models import User
+
+log = logging.getLogger(__name__)
+
+# (user id, online) -> tell the user's DM partners, wherever their streams are.
+Announce = Callable[[int, bool], Awaitable[None]]
+
+
+class Presence(abc.ABC):
+    def __init__(self, announce: Announce) -> None:
+        self.announce = announce
+        self._local: dict[int, int] = {}  # user id -> streams open on this process
+
+    @asynccontextmanager
+    async def online_while(self, user: User | None) -> AsyncIterator[None]:
+        """Count the user online for the body of the block (a stream's life)."""
+        if user is None:
+            yield
+            return
+        count = self._local.get(user.id, 0)
+        self._local[user.id] = count + 1
+        if count == 0:
+            await self._first_stream(user.id)
+        try:
+            yield
+        finally:
+            count = self._local.pop(user.id) - 1
+            if count:
+                self._local[user.id] = count
+            else:
+                # Shielded: the stream's task is usually being cancelled right now.
+                await asyncio.shield(self._last_stream(user.id))
+
+    @abc.abstractmethod
+    async def online(self, user_ids: Iterable[int]) -> set[int]: ...
+
+    @abc.abstractmethod
+    async def _first_stream(self, user_id: int) -> None: ...
+
+    @abc.abstractmethod
+    async def _last_stream(self, user_id: int) -> None: ...
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class LocalPresence(Presence):
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        return {u for u in user_ids if u in self._local}
+
+    async def _first_stream(self, user_id: int) -> None:
+        await self.announce(user_id, True)
+
+    async def _last_stream(self, user_id: int) -> None:
+        await self.announce(user_id, False)
+
+
+class RedisPresence(Presence):
+    def __init__(
+        self, announce: Announce, client: redis.Redis, namespace: str, process_id: str, ttl: float
+    ) -> None:
+        super().__init__(announce)
+        self.redis = client
+        self.namespace = namespace
+        self.process_id = process_id
+        self.ttl = ttl
+        self._task: asyncio.Task[None] | None = None
+
+    def _key(self, user_id: int) -> str:
+        return f"{self.namespace}:presence:{user_id}"
+
+    @property
+    def _expiries(self) -> str:
+        """Every (user, process) entry with its expiry, for sweeping."""
+        return f"{self.namespace}:presence"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_forever(), name="presence-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            for user_id in list(self._local):
+                await self._leave(user_id)
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        ids = list(user_ids)
+        if not ids:
+            return set()
+        now = time.time()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user_id in ids:
+                    pipe.zcount(self._key(user_id), now, "+inf")
+                counts = await pipe.execute()
+        except (RedisError, OSError):
+            return {u for u in ids if u in self._local}  # Redis away: what this process knows
+        return {u for u, n in zip(ids, counts, strict=True) if n}
+
+    async def _first_stream(self, user_id: int) -> None:
+        try:
+            others = await self._alive_elsewhere(user_id)
+            await self._join(user_id)
+        except (RedisError, OSError) as exc:
+            log.warning("presence: redis unreachable (%s)", exc)
+            others = 0
+        if not others:
+            await self.announce(user_id, True)
+
+    async def _last_stream(self, user_id: int) -> None:
+        try:
+            await self._leave(user_id)
+            others = await self._alive_elsewhere(user_id)
+        except (RedisError, OSError) as exc:
+            log.warning("presence: redis unreachable (%s)", exc)
+            others = 0
+        if not others:
+            await self.announce(user_id, False)
+
+    async def _alive_elsewhere(self, user_id: int) -> int:
+        members = await self._members(self._key(user_id), time.time(), "+inf")
+        return sum(m != self.process_id for m in members)
+
+    async def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
+        return [_text(m) for m in await self.redis.zrangebyscore(key, low, high)]
+
+    async def _join(self, user_id: int) -> None:
+        expires = time.time() + self.ttl
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._key(user_id), {self.process_id: expires})
+            pipe.zadd(self._expiries, {f"{user_id}:{self.process_id}": expires})
+            await pipe.execute()
+
+    async def _leave(self, user_id: int) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self._key(user_id), self.process_id)
+            pipe.zrem(self._expiries, f"{user_id}:{self.process_id}")
+            await pipe.execute()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            with contextlib.suppress(RedisError, OSError):
+                for user_id in list(self._local):
+                    await self._join(user_id)
+                await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Entries of processes that stopped refreshing: their users may have gone offline."""
+        for entry in await self._members(self._expiries, "-inf", time.time()):
+            user_id, _, process_id = entry.partition(":")
+            if not await self.redis.zrem(self._expiries, entry):
+                continue  # another process swept it first
+            await self.redis.zrem(self._key(int(user_id)), process_id)
+            if not await self.redis.zcount(self._key(int(user_id)), time.time(), "+inf"):
+                await self.announce(int(user_id), False)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+presence_key = web.AppKey("presence", Presence)

@@ -1,0 +1,113 @@
+"""Presence: online while a stream is open on any process, announced to DM partners."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from chat_server import jsonutil
+from chat_server.app import create_app
+from chat_server.settings import Settings
+
+from .chat_client import AiohttpClient, ChatClient, Stream
+from .databases import throwaway_database
+from .services import free_port
+from .test_scale_out import Make, process, shared_redis  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def next_presence(stream: Stream) -> dict[str, object]:
+    while True:
+        event = await stream.next_event()
+        if event.event == "presence":
+            data: dict[str, object] = jsonutil.loads(event.data or "")
+            return data
+
+
+async def online_in_admin_inbox(client: ChatClient, username: str) -> bool:
+    for chat in await client.chats("admin"):
+        for participant in chat["participants"]:
+            if participant["username"] == username:
+                return bool(participant["online"])
+    raise AssertionError(f"{username} is not in the admin's inbox")
+
+
+async def test_opening_and_closing_streams_flips_online_and_tells_dm_partners(client: ChatClient) -> None:
+    ana = (await client.login("ana"))["user"]
+    admin_stream = await client.open_stream({"username": "admin"})
+    assert not await online_in_admin_inbox(client, "ana")
+
+    first = await client.open_stream({"username": "ana"})
+    assert await next_presence(admin_stream) == {"user_id": ana["id"], "username": "ana", "online": True}
+    assert await online_in_admin_inbox(client, "ana")
+    assert await online_in_admin_inbox(client, "admin")
+
+    second = await client.open_stream({"chat_id": client.store.general_id, "username": "ana"})
+    first.close()  # still online through the second stream
+    second.close()
+    assert await next_presence(admin_stream) == {"user_id": ana["id"], "username": "ana", "online": False}
+    assert not await online_in_admin_inbox(client, "ana")
+
+
+async def test_presence_crosses_processes(process: Make, shared_redis: str) -> None:  # noqa: F811
+    a, b = await process(shared_redis), await process(shared_redis)
+    ana = (await a.login("ana"))["user"]
+    admin_on_a = await a.open_stream({"username": "admin"})
+    ana_on_b = await b.open_stream({"username": "ana"})
+    assert await next_presence(admin_on_a) == {"user_id": ana["id"], "username": "ana", "online": True}
+    assert await online_in_admin_inbox(a, "ana")
+    ana_on_b.close()
+    assert (await next_presence(admin_on_a))["online"] is False
+    assert not await online_in_admin_inbox(a, "ana")
+
+
+@pytest.fixture
+def doomed_process(shared_redis: str) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
+    """A server process (to be killed) sharing a database and Redis with the test's own app."""
+    with throwaway_database() as url:
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": shared_redis, "CHAT_PRESENCE_TTL": "1.5"}
+        server = subprocess.Popen(
+            [sys.executable, "run.py", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            yield url, f"http://127.0.0.1:{port}", server
+        finally:
+            server.kill()
+            server.wait()
+
+
+async def test_a_killed_process_users_go_offline_within_the_expiry(
+    doomed_process: tuple[str, str, subprocess.Popen[bytes]],
+    shared_redis: str,
+    aiohttp_client: AiohttpClient,  # noqa: F811
+) -> None:
+    url, base, server = doomed_process
+    async with aiohttp.ClientSession() as session:
+        from .test_workers import _wait_ready
+
+        await _wait_ready(session, base)
+        settings = Settings(database_url=url, redis_url=shared_redis, presence_ttl=1.5, secret="s")
+        here = ChatClient(await aiohttp_client(create_app(settings)))
+        ana = (await here.login("ana"))["user"]
+        admin_here = await here.open_stream({"username": "admin"})
+        response = await session.get(f"{base}/api/stream", params={"username": "ana"})
+        assert response.status == 200
+        assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": True}
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        response.close()
+        assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": False}
+        assert not await online_in_admin_inbox(here, "ana")

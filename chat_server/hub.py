@@ -11,17 +11,17 @@ and its EventSource resumes from the database. Publishing never waits on a subsc
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from .histogram import Histogram
 from .models import Message
 from .sequencer import Sequencer
-from .sse import encode_event
+from .sse import HEARTBEAT, encode_event
 
 # A socket with more than this waiting in user space is backed up: queue instead of writing.
 DIRECT_WRITE_LIMIT = 64 * 1024
@@ -32,17 +32,20 @@ class Event:
     id: int | None  # the message id, also the SSE id; None for events that are not messages
     frame: bytes  # the whole SSE frame, encoded once for every subscriber
     chunk: bytes = field(init=False)  # the frame in HTTP/1.1 chunked framing, for direct writes
+    born: float = field(init=False)  # when the hub released it (monotonic), for the latency metric
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chunk", b"%x\r\n%b\r\n" % (len(self.frame), self.frame))
+        object.__setattr__(self, "born", time.monotonic())
 
 
 class Subscriber:
     """One open stream: the chats it follows and the events waiting to be written."""
 
+    # Slots, a list made only when needed and a bare future: an idle stream costs little.
     __slots__ = (
         "_buffer",
-        "_ready",
+        "_waiter",
         "chats",
         "chunked",
         "closed",
@@ -67,46 +70,63 @@ class Subscriber:
         self.direct = False
         # Messages up to this id were (or will be) sent by the stream's replay: skip them live.
         self.floor = 0
-        self._buffer: deque[Event] = deque()
-        self._ready = asyncio.Event()
+        self._buffer: list[Event] | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def push(self, event: Event) -> bool:
         if self.closed or (event.id is not None and event.id <= self.floor):
             return False
-        transport = self.transport
-        if self.direct and transport is not None and not self._buffer:
-            if transport.is_closing():
-                self.close()
-                return False
-            if transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT:
-                transport.write(event.chunk if self.chunked else event.frame)
-                return True
-        if len(self._buffer) >= self.limit:
+        if self._write_direct(event):
+            return True
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = []
+        if len(buffer) >= self.limit:
             self.overflowed = True
             self.close()
-            if transport is not None:
-                transport.abort()  # it may be stuck in a write to a peer that stopped reading
+            if self.transport is not None:
+                self.transport.abort()  # it may be stuck in a write to a peer that stopped reading
             return False
-        self._buffer.append(event)
-        self._ready.set()
+        buffer.append(event)
+        self._wake()
         return True
+
+    def _write_direct(self, event: Event) -> bool:
+        """Write to the socket now, when caught up and the socket is not backed up."""
+        transport = self.transport
+        if not self.direct or transport is None or self._buffer:
+            return False
+        if transport.is_closing():
+            self.close()
+            return True  # nothing more will reach this peer
+        if transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
+            return False
+        transport.write(event.chunk if self.chunked else event.frame)
+        return True
+
+    def beat(self, heartbeat: Event) -> None:
+        """A heartbeat for a caught-up stream (a busy one is writing anyway)."""
+        self._write_direct(heartbeat)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._ready.set()
+            self._wake()
 
-    async def next_batch(self, idle_seconds: float) -> list[Event]:
-        """Everything waiting, as soon as there is something; [] when idle that long, or closed."""
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self) -> list[Event]:
+        """Everything waiting, as soon as there is something; [] once closed."""
         if not self._buffer and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(idle_seconds):
-                    await self._ready.wait()
-            except TimeoutError:
-                pass
-        self._ready.clear()
-        batch = list(self._buffer)
-        self._buffer.clear()
+                await self._waiter
+            finally:
+                self._waiter = None
+        batch, self._buffer = self._buffer or [], None
         return batch
 
 
@@ -115,6 +135,9 @@ class HubStats:
     published: int = 0
     deliveries: int = 0
     slow_disconnects: int = 0
+    replayed: int = 0  # messages sent from the database on (re)connect
+    # Release to socket write, per delivery: written in the fan-out, or later by the stream.
+    write_latency: Histogram = field(default_factory=Histogram)
 
 
 class Hub:
@@ -123,36 +146,40 @@ class Hub:
         self.stats = HubStats()
         self._by_chat: dict[int, set[Subscriber]] = {}
         self._by_user: dict[int, set[Subscriber]] = {}
+        self._all: set[Subscriber] = set()
         self._closed = False
         self.sequencer = Sequencer(self.publish)
 
     # -- subscribers -------------------------------------------------------------
 
-    @asynccontextmanager
-    async def subscribe(self, chats: Iterable[int], user_id: int | None = None) -> AsyncIterator[Subscriber]:
-        """Register a subscriber for the body of the block; it is always unregistered after."""
-        sub = Subscriber(chats, user_id, self.buffer)
+    def subscribe(self, chats: Iterable[int], user_id: int | None = None) -> Subscription:
+        """`async with hub.subscribe(...) as sub`: registered for the body of the block, and
+        always unregistered after (a plain class, not a generator: thousands stay open)."""
+        return Subscription(self, Subscriber(chats, user_id, self.buffer))
+
+    def _register(self, sub: Subscriber) -> None:
         if self._closed:
             sub.close()
         for chat_id in sub.chats:
             self._by_chat.setdefault(chat_id, set()).add(sub)
-        if user_id is not None:
-            self._by_user.setdefault(user_id, set()).add(sub)
-        try:
-            yield sub
-        finally:
-            sub.close()
-            for chat_id in sub.chats:
-                _discard(self._by_chat, chat_id, sub)
-            if user_id is not None:
-                _discard(self._by_user, user_id, sub)
+        if sub.user_id is not None:
+            self._by_user.setdefault(sub.user_id, set()).add(sub)
+        self._all.add(sub)
+
+    def _unregister(self, sub: Subscriber) -> None:
+        sub.close()
+        self._all.discard(sub)
+        for chat_id in sub.chats:
+            _discard(self._by_chat, chat_id, sub)
+        if sub.user_id is not None:
+            _discard(self._by_user, sub.user_id, sub)
 
     @property
     def subscriber_count(self) -> int:
-        return len({s for subs in self._by_chat.values() for s in subs})
+        return len(self._all)
 
     def is_empty(self) -> bool:
-        return not self._by_chat and not self._by_user
+        return not self._all and not self._by_chat and not self._by_user
 
     @property
     def released_id(self) -> int:
@@ -161,14 +188,21 @@ class Hub:
 
     def end_streams(self) -> None:
         """End every open stream; each EventSource reconnects and resumes from the database."""
-        for subs in [*self._by_chat.values(), *self._by_user.values()]:
-            for sub in list(subs):
-                sub.close()
+        for sub in list(self._all):
+            sub.close()
 
     def close(self) -> None:
         """End every stream (on shutdown); later subscribers are closed at once."""
         self._closed = True
         self.end_streams()
+
+    async def beat_forever(self, interval: float) -> None:
+        """Heartbeats for every idle stream from one task, so idle streams need no timers."""
+        beat = Event(None, HEARTBEAT)
+        while True:
+            await asyncio.sleep(interval)
+            for sub in list(self._all):
+                sub.beat(beat)
 
     # -- publishing --------------------------------------------------------------
 
@@ -199,14 +233,36 @@ class Hub:
         }
         self._fan_out(targets, event)
 
+    def chat_read(self, user_id: int, marker: dict[str, Any]) -> None:
+        """The user moved a read marker: their own per-user streams (their other tabs) are told."""
+        self._fan_out(self._by_user.get(user_id, ()), Event(None, encode_event("read", marker)))
+
     def _fan_out(self, subscribers: Iterable[Subscriber], event: Event) -> None:
-        delivered = 0
+        delivered = queued = 0
         for sub in list(subscribers):
             if sub.push(event):
                 delivered += 1
+                queued += bool(sub._buffer)  # its stream writes it, and observes the latency then
             elif sub.overflowed:
                 self.stats.slow_disconnects += 1
         self.stats.deliveries += delivered
+        # One reading for every write made during the fan-out: cheap, and an upper bound.
+        self.stats.write_latency.observe(time.monotonic() - event.born, delivered - queued)
+
+
+class Subscription:
+    __slots__ = ("hub", "subscriber")
+
+    def __init__(self, hub: Hub, subscriber: Subscriber) -> None:
+        self.hub = hub
+        self.subscriber = subscriber
+
+    async def __aenter__(self) -> Subscriber:
+        self.hub._register(self.subscriber)
+        return self.subscriber
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.hub._unregister(self.subscriber)
 
 
 def _discard(index: dict[int, set[Subscriber]], key: int, sub: Subscriber) -> None:

@@ -32,13 +32,14 @@ class Presence(abc.ABC):
     def __init__(self, announce: Announce) -> None:
         self.announce = announce
         self._local: dict[int, int] = {}  # user id -> streams open on this process
+        self._leaving: set[asyncio.Task[None]] = set()  # last-stream work outliving its stream
+
+    def online_while(self, user: User | None) -> contextlib.AbstractAsyncContextManager[None]:
+        """Count the user online for the body of the block (a stream's life)."""
+        return _ANONYMOUS if user is None else self._online_while(user)
 
     @asynccontextmanager
-    async def online_while(self, user: User | None) -> AsyncIterator[None]:
-        """Count the user online for the body of the block (a stream's life)."""
-        if user is None:
-            yield
-            return
+    async def _online_while(self, user: User) -> AsyncIterator[None]:
         count = self._local.get(user.id, 0)
         self._local[user.id] = count + 1
         if count == 0:
@@ -50,8 +51,12 @@ class Presence(abc.ABC):
             if count:
                 self._local[user.id] = count
             else:
-                # Shielded: the stream's task is usually being cancelled right now.
-                await asyncio.shield(self._last_stream(user.id))
+                # Shielded: the stream's task is usually being cancelled right now. `close`
+                # waits for it, so it never outlives the store it reads.
+                leaving = asyncio.create_task(self._last_stream(user.id))
+                self._leaving.add(leaving)
+                leaving.add_done_callback(self._leaving.discard)
+                await asyncio.shield(leaving)
 
     @abc.abstractmethod
     async def online(self, user_ids: Iterable[int]) -> set[int]: ...
@@ -65,8 +70,9 @@ class Presence(abc.ABC):
     async def start(self) -> None:  # noqa: B027 - optional hook
         pass
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        pass
+    async def close(self) -> None:
+        if self._leaving:
+            await asyncio.wait(self._leaving)
 
 
 class LocalPresence(Presence):
@@ -103,6 +109,7 @@ class RedisPresence(Presence):
         self._task = asyncio.create_task(self._refresh_forever(), name="presence-refresh")
 
     async def close(self) -> None:
+        await super().close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -187,5 +194,7 @@ class RedisPresence(Presence):
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
+
+_ANONYMOUS: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 presence_key = web.AppKey("presence", Presence)

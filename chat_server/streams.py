@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from aiohttp import web
 
 from .api import readable_chat
 from .auth import current_user, optional_user
+from .histogram import Histogram
 from .hub import Subscriber, hub_key
+from .limits import limits_key
 from .presence import presence_key
 from .settings import settings_key
-from .sse import HEADERS, HEARTBEAT, PREAMBLE, encode_event
+from .sse import HEADERS, PREAMBLE, encode_event
 from .store import store_key
 from .validation import int_value
 
@@ -37,6 +40,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         chat_ids, user_id = await store.chat_ids_of(viewer), viewer.id
 
     async with (
+        request.app[limits_key].stream(viewer.id if viewer else None),
         request.app[presence_key].online_while(viewer),
         hub.subscribe(chat_ids, user_id) as sub,
     ):
@@ -51,7 +55,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         sub.chunked = response.headers.get("Transfer-Encoding") == "chunked"
         with contextlib.suppress(ConnectionResetError):
             await _write(response, b"".join(first))
-            await _pump(request, response, sub)
+            await _pump(response, sub, hub.stats.write_latency)
     return response
 
 
@@ -61,26 +65,28 @@ async def _replay(request: web.Request, sub: Subscriber, last_id: int, upto: int
     if len(missed) > limit:
         # Too far behind to replay: the client reloads its history over REST.
         return [encode_event("reset", {"last_id": upto}, event_id=upto)]
+    request.app[hub_key].stats.replayed += len(missed)
     return [encode_event("message", m.to_json(), event_id=m.id) for m in missed]
 
 
-async def _pump(request: web.Request, response: web.StreamResponse, sub: Subscriber) -> None:
-    """Write live events as they come, a heartbeat when idle, until closed or overflowed."""
-    heartbeat = request.app[settings_key].heartbeat_seconds
+async def _pump(response: web.StreamResponse, sub: Subscriber, latency: Histogram) -> None:
+    """Write what the hub could not write directly, until closed or overflowed. (While the
+    stream is caught up, the hub writes events and heartbeats to the socket itself.)"""
     while True:
         # Once all that waited is written, the hub may write to the socket directly.
         sub.direct = True
-        batch = await sub.next_batch(heartbeat)
+        batch = await sub.next_batch()
         if sub.overflowed:
             return
         if batch:
             sub.direct = False
             await _write(response, b"".join(e.frame for e in batch))
+            written = time.monotonic()
+            for event in batch:
+                latency.observe(written - event.born)
         elif sub.closed:
             await response.write_eof()
             return
-        else:
-            await _write(response, HEARTBEAT)
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
 import time
 from collections import Counter
@@ -117,14 +116,10 @@ class LegacyMigration:
         *,
         chunk_rows: int = CHUNK_ROWS,
         progress: Callable[[str], None] | None = None,
-        returning: bool | None = None,
     ) -> None:
         self.store = store
         self.chunk_rows = chunk_rows
         self.progress = progress
-        # INSERT ... RETURNING (MariaDB >= 10.5, SQLite >= 3.35) gives back the ids of a
-        # multi-row insert; without it, one INSERT a row. None: find out from the server.
-        self.returning = returning
         self.report = Report()
         self._users: dict[str, User] = {}  # by legacy name as written
         self._dms: dict[tuple[int, int], int] = {}  # (low user id, high user id) -> chat id
@@ -137,8 +132,6 @@ class LegacyMigration:
         dialect = "sqlite" if isinstance(self.store, SqliteStore) else "mysql"
         async with self.store.connection() as db:
             await db.execute(_LEDGER_DDL[dialect])
-            if self.returning is None:
-                self.returning = await _supports_returning(db, dialect)
             self.report.total = await _count(db, "SELECT COUNT(*) FROM mensajes")
             pending = await _count(db, "SELECT COUNT(*) " + _PENDING)
             no_time = await _count(db, "SELECT COUNT(*) " + _PENDING + " AND m.timestamp IS NULL")
@@ -259,33 +252,14 @@ class LegacyMigration:
             return
         async with self.store.transaction() as db:
             for batch in _batches(copies):
-                ids = await self._insert(db, batch)
+                ids = await self.store.insert_messages(
+                    db, [(c.chat_id, c.sender_id, c.contenido, c.timestamp) for c in batch]
+                )
                 await db.execute(
                     "INSERT INTO legacy_migrated (legacy_id, message_id) VALUES "
                     + ", ".join(["(%s, %s)"] * len(batch)),
                     [v for c, message_id in zip(batch, ids, strict=True) for v in (c.legacy_id, message_id)],
                 )
-
-    async def _insert(self, db: Db, batch: Sequence[_Copy]) -> list[int]:
-        """Insert in the given order; return the new ids in that order."""
-        sql = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
-        if not self.returning:
-            ids = []
-            for c in batch:
-                _, message_id = await db.execute(
-                    sql + "(%s, %s, %s, %s)", (c.chat_id, c.sender_id, c.contenido, c.timestamp)
-                )
-                ids.append(message_id)
-            return ids
-        rows = await db.fetchall(
-            sql + ", ".join(["(%s, %s, %s, %s)"] * len(batch)) + " RETURNING id",
-            [v for c in batch for v in (c.chat_id, c.sender_id, c.contenido, c.timestamp)],
-        )
-        # One statement's auto-increment ids grow row by row; RETURNING's own order is not
-        # promised (SQLite says so), the ids' order is.
-        ids = sorted(int(r[0]) for r in rows)
-        assert len(ids) == len(batch)
-        return ids
 
 
 async def migrate_legacy(
@@ -293,10 +267,9 @@ async def migrate_legacy(
     *,
     chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[str], None] | None = None,
-    returning: bool | None = None,
 ) -> Report:
     """Copy what is left of the legacy table; the store must be started."""
-    migration = LegacyMigration(store, chunk_rows=chunk_rows, progress=progress, returning=returning)
+    migration = LegacyMigration(store, chunk_rows=chunk_rows, progress=progress)
     return await migration.run()
 
 
@@ -332,17 +305,6 @@ def _key(name: str) -> str:
 async def _count(db: Db, sql: str) -> int:
     row = await db.fetchone(sql)
     return int(row[0]) if row and row[0] is not None else 0
-
-
-async def _supports_returning(db: Db, dialect: str) -> bool:
-    if dialect == "sqlite":
-        return sqlite3.sqlite_version_info >= (3, 35)
-    row = await db.fetchone("SELECT VERSION()")
-    version = str(row[0]) if row else ""
-    if "mariadb" not in version.lower():
-        return False  # MySQL has no INSERT ... RETURNING
-    major, minor = (int(part) for part in version.split("-")[0].split(".")[:2])
-    return (major, minor) >= (10, 5)
 
 
 # -- the command ---------------------------------------------------------------------

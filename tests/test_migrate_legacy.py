@@ -260,6 +260,7 @@ async def test_a_run_that_fails_half_way_leaves_whole_chunks_and_the_next_run_fi
         await store.start()
         try:
             db.insert_legacy(LEGACY)
+            store.returning = False  # also covers one INSERT a row, as on MySQL (no RETURNING)
             real_write = LegacyMigration._write
             calls: list[int] = []
 
@@ -271,12 +272,12 @@ async def test_a_run_that_fails_half_way_leaves_whole_chunks_and_the_next_run_fi
 
             monkeypatch.setattr(LegacyMigration, "_write", failing_write)
             with pytest.raises(RuntimeError):
-                await migrate_legacy(store, chunk_rows=2, returning=False)
+                await migrate_legacy(store, chunk_rows=2)
             # _write committed chunk 2 before failing: two whole chunks, nothing else.
             assert v2_count(db) == len(db.fetchall("SELECT * FROM legacy_migrated")) == 4
             monkeypatch.undo()
 
-            report = await migrate_legacy(store, chunk_rows=2, returning=False)
+            report = await migrate_legacy(store, chunk_rows=2)
             assert (report.copied_before, report.copied) == (4, 3)
             rows = await copied(store, db)
             assert set(rows) == set(EXPECTED)

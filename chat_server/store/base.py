@@ -9,12 +9,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
-from ..models import ADMIN_USERNAME, Chat, Message, Role, User, utc_now
+from ..errors import Unavailable
+from ..models import ADMIN_USERNAME, Chat, Message, ReadMarker, Role, User, utc_now
+from .batching import InsertBatcher
 
 Row = tuple[Any, ...]
 K = TypeVar("K")
@@ -29,6 +32,14 @@ _MESSAGE_SELECT = (
     "SELECT m.id, m.chat_id, m.sender_id, u.username, m.contenido, m.timestamp "
     "FROM mensajes_v2 m LEFT JOIN usuarios u ON u.id = m.sender_id "
 )
+
+
+# A transaction chosen as a deadlock victim is run again this many times in all.
+DEADLOCK_RETRIES = 3
+
+
+class Deadlock(Unavailable):
+    """The database rolled a transaction back to break a deadlock: running it again is safe."""
 
 
 class Db(abc.ABC):
@@ -59,6 +70,9 @@ class Store(abc.ABC):
         self._users_by_id: BoundedCache[int, User] = BoundedCache()
         self._users_by_name: BoundedCache[str, User] = BoundedCache()
         self._chats: BoundedCache[int, Chat] = BoundedCache()
+        self.returning = False
+        self._batcher = InsertBatcher(self._insert_batch)
+        self.messages_stored = 0  # by this process, for /metrics
 
     # -- provided by each backend ---------------------------------------------------
 
@@ -77,10 +91,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    @abc.abstractmethod
+    async def _supports_returning(self) -> bool:
+        """Whether INSERT ... RETURNING gives back the ids of a multi-row insert."""
+
     # -- start-up ----------------------------------------------------------------
 
     async def start(self) -> None:
         await self.migrate()
+        self.returning = await self._supports_returning()
         async with self.connection() as db:
             row = await db.fetchone("SELECT MIN(id) FROM chats WHERE type = 'general'")
         assert row is not None, "the schema seeds the General chat"
@@ -152,6 +171,12 @@ class Store(abc.ABC):
                 "INSERT IGNORE INTO chat_participants (chat_id, user_id) VALUES (%s, %s)",
                 (self.general_id, user.id),
             )
+            # A newcomer starts with General read: its history is there to scroll, but not new.
+            await db.execute(
+                "INSERT IGNORE INTO chat_reads (chat_id, user_id, last_read_id) "
+                "SELECT %s, %s, COALESCE(MAX(id), 0) FROM mensajes_v2 WHERE chat_id = %s",  # idx_chat_id
+                (self.general_id, user.id, self.general_id),
+            )
 
     # -- chats -------------------------------------------------------------------
 
@@ -182,10 +207,61 @@ class Store(abc.ABC):
         return [self.general_id] + [r[0] for r in rows]
 
     async def list_chats(self, user: User) -> list[Chat]:
-        """General first, then the user's DMs, most recently active first."""
+        """General first, then the user's DMs, most recently active first; with the user's unread."""
         general, *dms = await self._chats_by_id(await self.chat_ids_of(user))
         dms.sort(key=lambda c: (-(c.last_message.id if c.last_message else 0), c.id))
-        return [general, *dms]
+        chats = [general, *dms]
+        unread = await self.unread_counts(user, [c.id for c in chats])
+        return [replace(c, unread=unread.get(c.id, 0)) for c in chats]
+
+    async def unread_counts(self, user: User, chat_ids: Sequence[int]) -> dict[int, int]:
+        """Per chat, the messages of others after the user's read marker: two queries in all."""
+        if not chat_ids:
+            return {}
+        marks = ", ".join(["%s"] * len(chat_ids))
+        async with self.connection() as db:
+            markers = await db.fetchall(
+                f"SELECT chat_id, last_read_id FROM chat_reads WHERE user_id = %s AND chat_id IN ({marks})",
+                [user.id, *chat_ids],
+            )
+            read = {int(chat_id): int(last) for chat_id, last in markers}
+            # One id range per chat: only unread index entries are visited (idx_chat_id).
+            ranges = " OR ".join(["(m.chat_id = %s AND m.id > %s)"] * len(chat_ids))
+            rows = await db.fetchall(
+                f"SELECT m.chat_id, COUNT(*) FROM mensajes_v2 m WHERE ({ranges}) AND m.sender_id <> %s "
+                "GROUP BY m.chat_id",
+                [*(v for c in chat_ids for v in (c, read.get(c, 0))), user.id],
+            )
+        return {int(chat_id): int(count) for chat_id, count in rows}
+
+    async def mark_read(self, chat_id: int, user: User, last_read_id: int) -> tuple[ReadMarker, bool]:
+        """Move the user's marker in the chat forward to `last_read_id`, never back and never past
+        the chat's newest message. The marker with its unread count, and whether it moved."""
+        async with self.connection() as db:
+            row = await db.fetchone("SELECT MAX(id) FROM mensajes_v2 WHERE chat_id = %s", (chat_id,))
+            newest = int(row[0]) if row and row[0] is not None else 0
+            target = min(last_read_id, newest)
+            # Two portable statements instead of an upsert: the UPDATE only ever raises the marker.
+            inserted, _ = await db.execute(
+                "INSERT IGNORE INTO chat_reads (chat_id, user_id, last_read_id) VALUES (%s, %s, %s)",
+                (chat_id, user.id, target),
+            )
+            moved = bool(inserted) and target > 0
+            if not inserted:
+                raised, _ = await db.execute(
+                    "UPDATE chat_reads SET last_read_id = %s "
+                    "WHERE chat_id = %s AND user_id = %s AND last_read_id < %s",
+                    (target, chat_id, user.id, target),
+                )
+                moved = bool(raised)
+            row = await db.fetchone(
+                "SELECT r.last_read_id, (SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = r.chat_id "
+                "AND m.id > r.last_read_id AND m.sender_id <> r.user_id) "  # idx_chat_id
+                "FROM chat_reads r WHERE r.chat_id = %s AND r.user_id = %s",
+                (chat_id, user.id),
+            )
+        assert row is not None
+        return ReadMarker(chat_id, int(row[0]), int(row[1])), moved
 
     async def _chats_by_id(self, ids: list[int], *, with_last_message: bool = True) -> list[Chat]:
         """Chats in the order of `ids`, in three queries whatever their number (no N+1)."""
@@ -221,6 +297,25 @@ class Store(abc.ABC):
     async def get_or_create_dm(self, a: User, b: User) -> tuple[Chat, bool]:
         """The one DM of a pair of users; `dm_pairs`' primary key keeps it unique under races."""
         low, high = sorted((a.id, b.id))
+        existing = await self._dm_of_pair(low, high)
+        if existing is not None:
+            return existing, False
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                return await self._create_dm(low, high)
+            except Deadlock:
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _dm_of_pair(self, low: int, high: int) -> Chat | None:
+        async with self.connection() as db:
+            row = await db.fetchone(
+                "SELECT chat_id FROM dm_pairs WHERE user_low = %s AND user_high = %s", (low, high)
+            )
+        return None if row is None else await self.get_chat(row[0])
+
+    async def _create_dm(self, low: int, high: int) -> tuple[Chat, bool]:
         created = False
         async with self.transaction() as db:
             _, chat_id = await db.execute(
@@ -241,29 +336,48 @@ class Store(abc.ABC):
             else:
                 # Another request made it first: drop our chat row and use theirs.
                 await db.execute("DELETE FROM chats WHERE id = %s", (chat_id,))
-        if not created:
-            # Read after commit, so the winner's row is visible whatever the isolation level.
-            async with self.connection() as db:
-                row = await db.fetchone(
-                    "SELECT chat_id FROM dm_pairs WHERE user_low = %s AND user_high = %s", (low, high)
-                )
-            assert row
-            chat_id = row[0]
-        chat = await self.get_chat(chat_id)
+        # Read after commit, so the winner's row is visible whatever the isolation level.
+        chat = await self.get_chat(chat_id) if created else await self._dm_of_pair(low, high)
         assert chat
         return chat, created
 
     # -- messages ----------------------------------------------------------------
 
     async def add_message(self, chat_id: int, sender: User, contenido: str) -> Message:
-        """Store a message in one round trip; its id and time come back without a re-read."""
+        """Store a message; its id and time come back without a re-read. Concurrent calls share
+        one INSERT where the database can return the ids of a multi-row insert."""
         moment = utc_now()
-        async with self.connection() as db:
-            _, message_id = await db.execute(
-                "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES (%s, %s, %s, %s)",
-                (chat_id, sender.id, contenido, _sql_time(moment)),
-            )
+        row = (chat_id, sender.id, contenido, _sql_time(moment))
+        if self.returning:
+            message_id = await self._batcher.insert(row)
+        else:
+            async with self.connection() as db:
+                (message_id,) = await self.insert_messages(db, [row])
+        self.messages_stored += 1
         return Message(message_id, chat_id, sender.id, sender.username, contenido, moment)
+
+    async def _insert_batch(self, rows: Sequence[Row]) -> list[int]:
+        async with self.connection() as db:
+            return await self.insert_messages(db, rows)
+
+    async def insert_messages(self, db: Db, rows: Sequence[Row]) -> list[int]:
+        """Insert (chat_id, sender_id, contenido, time) rows in order; their new ids, in order."""
+        sql = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
+        if not self.returning:
+            ids = []
+            for row in rows:
+                _, new_id = await db.execute(sql + "(%s, %s, %s, %s)", row)
+                ids.append(new_id)
+            return ids
+        returned = await db.fetchall(
+            sql + ", ".join(["(%s, %s, %s, %s)"] * len(rows)) + " RETURNING id",
+            [value for row in rows for value in row],
+        )
+        # One statement's auto-increment ids grow row by row; RETURNING's own order is not
+        # promised (SQLite says so), the ids' order is.
+        ids = sorted(int(r[0]) for r in returned)
+        assert len(ids) == len(rows)
+        return ids
 
     async def list_messages(
         self,

@@ -14,7 +14,7 @@ import aiomysql
 import pymysql
 
 from ..errors import Unavailable
-from .base import Db, Row, Store
+from .base import Db, Deadlock, Row, Store
 from .schema_files import statements
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 ACQUIRE_TIMEOUT = 5.0
 # Below common load-balancer idle timeouts (300 s), which drop connections silently.
 POOL_RECYCLE = 280
+# MySQL error codes of a transaction rolled back for a deadlock or a lock wait: safe to retry.
+ER_LOCK_DEADLOCK = 1213
+ER_LOCK_WAIT_TIMEOUT = 1205
 SEED_TABLES = ("usuarios", "chats", "chat_participants", "mensajes_v2", "mensajes")
 
 
@@ -154,13 +157,29 @@ class MysqlStore(Store):
             async with asyncio.timeout(ACQUIRE_TIMEOUT):
                 conn = await self._pool.acquire()
         except (TimeoutError, OSError, pymysql.err.OperationalError) as exc:
+            log.warning("database unavailable: %r", exc)
             raise Unavailable("database unavailable") from exc
         try:
             yield conn
-        except (OSError, pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] in (ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT):
+                raise Deadlock("database busy, try again") from exc
+            log.warning("database unavailable: %s", exc)
+            raise Unavailable("database unavailable") from exc
+        except (OSError, pymysql.err.InterfaceError) as exc:
+            log.warning("database unavailable: %s", exc)
             raise Unavailable("database unavailable") from exc
         finally:
             self._pool.release(conn)
+
+    async def _supports_returning(self) -> bool:
+        async with self.connection() as db:
+            row = await db.fetchone("SELECT VERSION()")
+        version = str(row[0]) if row else ""
+        if "mariadb" not in version.lower():
+            return False  # MySQL has no INSERT ... RETURNING
+        major, minor = (int(part) for part in version.split("-")[0].split(".")[:2])
+        return (major, minor) >= (10, 5)
 
     async def close(self) -> None:
         if self._pool is not None:

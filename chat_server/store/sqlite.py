@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -81,6 +82,9 @@ class SqliteStore(Store):
                 await self._conn.execute("ROLLBACK")
                 raise
             await self._conn.execute("COMMIT")
+
+    async def _supports_returning(self) -> bool:
+        return sqlite3.sqlite_version_info >= (3, 35)
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -15,13 +15,16 @@ migrate-legacy: $(STAMP)
 	$(PY) -m chat_server migrate-legacy
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy chat_server run.py tests
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy chat_server run.py tests bench
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+bench: $(STAMP)
+	$(PY) bench/benchmarks.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache artifacts
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis artifacts
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)

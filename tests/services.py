@@ -3,11 +3,14 @@ stopped by the tests, so the machine's shared servers are never touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -122,3 +125,57 @@ class PrivateMariaDB(PrivateServer):
 
     def url(self, database: str) -> str:
         return f"mysql://root@127.0.0.1:{self.port}/{database}"
+
+
+class ChatServer:
+    """`python run.py` as its own process, on a port of its own that survives restarts."""
+
+    def __init__(self, folder: Path, env: dict[str, str], *args: str) -> None:
+        self.folder = folder
+        self.env = {**os.environ, **env}
+        self.args = args
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        root = Path(__file__).resolve().parent.parent
+        with (self.folder / f"server-{self.port}.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "run.py", "--port", str(self.port), *self.args],
+                cwd=root,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_ready()
+
+    def wait_ready(self) -> int:
+        """The pid that answered /healthz once the server answers (on a fresh connection)."""
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the chat server exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=2) as resp:
+                    return int(json.loads(resp.read())["pid"])
+            except OSError:
+                time.sleep(0.05)  # still starting: nothing to wait on but the port
+        raise RuntimeError(f"the chat server did not answer within {START_TIMEOUT}s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no goodbye to anyone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait: the exit code."""
+        if self.process is None:
+            return None
+        self.process.terminate()
+        code = self.process.wait(timeout=60)
+        self.process = None
+        return code

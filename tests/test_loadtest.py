@@ -36,6 +36,7 @@ SUMMARY_FIELDS = {
     "streams_connected",
     "streams_failed",
     "streams_ended_early",
+    "stream_reconnects",
     "connect_seconds",
     "messages_requested",
     "messages_posted",

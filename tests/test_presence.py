@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +14,8 @@ from chat_server.settings import Settings
 
 from .chat_client import AiohttpClient, ChatClient, Stream
 from .databases import throwaway_database
-from .services import free_port
+from .services import ChatServer
 from .test_scale_out import Make, process, shared_redis  # noqa: F401 - fixtures
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def next_presence(stream: Stream) -> dict[str, object]:
@@ -70,44 +64,33 @@ async def test_presence_crosses_processes(process: Make, shared_redis: str) -> N
 
 
 @pytest.fixture
-def doomed_process(shared_redis: str) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:  # noqa: F811
+def doomed_process(tmp_path: Path, shared_redis: str) -> Iterator[tuple[str, ChatServer]]:  # noqa: F811
     """A server process (to be killed) sharing a database and Redis with the test's own app."""
     with throwaway_database() as url:
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": shared_redis, "CHAT_PRESENCE_TTL": "1.5"}
-        server = subprocess.Popen(
-            [sys.executable, "run.py", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        env = {"DATABASE_URL": url, "REDIS_URL": shared_redis, "CHAT_PRESENCE_TTL": "1.5"}
+        server = ChatServer(tmp_path, env)
+        server.start()
         try:
-            yield url, f"http://127.0.0.1:{port}", server
+            yield url, server
         finally:
             server.kill()
-            server.wait()
 
 
 async def test_a_killed_process_users_go_offline_within_the_expiry(
-    doomed_process: tuple[str, str, subprocess.Popen[bytes]],
-    shared_redis: str,
-    aiohttp_client: AiohttpClient,  # noqa: F811
+    doomed_process: tuple[str, ChatServer],
+    shared_redis: str,  # noqa: F811
+    aiohttp_client: AiohttpClient,
 ) -> None:
-    url, base, server = doomed_process
+    url, doomed = doomed_process
+    settings = Settings(database_url=url, redis_url=shared_redis, presence_ttl=1.5, secret="s")
+    here = ChatClient(await aiohttp_client(create_app(settings)))
+    ana = (await here.login("ana"))["user"]
+    admin_here = await here.open_stream({"username": "admin"})
     async with aiohttp.ClientSession() as session:
-        from .test_workers import _wait_ready
-
-        await _wait_ready(session, base)
-        settings = Settings(database_url=url, redis_url=shared_redis, presence_ttl=1.5, secret="s")
-        here = ChatClient(await aiohttp_client(create_app(settings)))
-        ana = (await here.login("ana"))["user"]
-        admin_here = await here.open_stream({"username": "admin"})
-        response = await session.get(f"{base}/api/stream", params={"username": "ana"})
+        response = await session.get(f"{doomed.base}/api/stream", params={"username": "ana"})
         assert response.status == 200
         assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": True}
-        server.send_signal(signal.SIGKILL)
-        server.wait()
+        doomed.kill()
         response.close()
-        assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": False}
-        assert not await online_in_admin_inbox(here, "ana")
+    assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": False}
+    assert not await online_in_admin_inbox(here, "ana")

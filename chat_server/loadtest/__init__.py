@@ -15,13 +15,19 @@
    each of its streams received with the ids posted to that stream's chat: lost, duplicated,
    out of order (`report` adds it all up).
 
+With --stream-url (repeatable) the streams are spread over other servers than the one posts go
+to, e.g. several processes of one cluster; with --resume a stream that ends or breaks
+reconnects with Last-Event-ID, as EventSource does (a server killed and restarted mid-run).
+The server under test should run with NO_LIMITS in its environment (rate limits and stream cap
+off): the tool is one address doing what thousands of people do.
+
 Progress goes to stderr; one JSON summary line to stdout. Exit status: 0 when every stream
 connected and every expected delivery arrived exactly once and in order, 1 otherwise, 2 when
 the run could not be made (server unreachable, setup refused, a worker died).
 """
 
 from .cli import cli, main, run
-from .config import Config, LoadTestError, parse_args
+from .config import NO_LIMITS, Config, LoadTestError, parse_args
 from .report import exit_code
 
-__all__ = ["Config", "LoadTestError", "cli", "exit_code", "main", "parse_args", "run"]
+__all__ = ["NO_LIMITS", "Config", "LoadTestError", "cli", "exit_code", "main", "parse_args", "run"]

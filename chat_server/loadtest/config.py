@@ -23,6 +23,17 @@ def keep_error(errors: list[str], message: str) -> None:
         errors.append(message)
 
 
+# A load test is one address and a few users doing what thousands of people do: a server under
+# test runs with its rate limits and stream cap off (these settings, in its environment).
+NO_LIMITS = {
+    "CHAT_POST_LIMIT_USER": "0",
+    "CHAT_POST_LIMIT_ADDRESS": "0",
+    "CHAT_LOGIN_LIMIT_USER": "0",
+    "CHAT_LOGIN_LIMIT_ADDRESS": "0",
+    "CHAT_MAX_STREAMS_PER_USER": "0",
+}
+
+
 class LoadTestError(Exception):
     """The run could not be made (setup refused, a worker died): there is no summary."""
 
@@ -44,6 +55,14 @@ class Config:
     # Self-test of the accounting: each worker discards every Nth delivery it receives.
     drop_every: int = 0
     user_prefix: str = "lt_"
+    # Streams are spread over these servers (default: url), e.g. several processes of one cluster.
+    stream_urls: tuple[str, ...] = ()
+    # Like EventSource: a stream that ends or breaks reconnects with Last-Event-ID.
+    resume: bool = False
+
+    @property
+    def stream_bases(self) -> tuple[str, ...]:
+        return tuple(u.rstrip("/") for u in self.stream_urls) or (self.base,)
 
     @property
     def base(self) -> str:
@@ -88,6 +107,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         help="self-test: each process discards every Nth delivery, which must show as lost",
     )
     p.add_argument("--user-prefix", default="lt_", help="usernames of the DM users: <prefix><i>")
+    p.add_argument(
+        "--stream-url",
+        action="append",
+        default=[],
+        help="open the streams on this server instead of --url (repeat to spread them over several)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reconnect a stream that ends or breaks with Last-Event-ID, as EventSource does",
+    )
     args = p.parse_args(argv)
     processes = args.processes or default_processes(args.streams, os.cpu_count() or 1)
     return Config(
@@ -105,6 +135,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         connect_timeout=args.connect_timeout,
         drop_every=args.drop_every,
         user_prefix=args.user_prefix,
+        stream_urls=tuple(args.stream_url),
+        resume=args.resume,
     )
 
 

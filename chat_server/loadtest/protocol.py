@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 
 @dataclass(frozen=True)
 class StreamSpec:
+    url: str  # the server's /api/stream
     chat_id: int
     username: str | None  # None for General, which needs no identity
 
@@ -23,12 +24,12 @@ class StreamSpec:
 @dataclass(frozen=True)
 class WorkerJob:
     index: int
-    stream_url: str
     streams: list[StreamSpec]
     run_id: str
     ramp_batch: int  # streams this worker connects at once
     connect_timeout: float
     drop_every: int
+    resume: bool  # reconnect ended streams with Last-Event-ID
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class WorkerResult:
     out_of_order: int
     unexpected: int  # this run's messages that were not among those posted (a post that timed out)
     ended_early: int
+    reconnects: int
     latencies_ms: bytes  # array("d") of the delivery latencies
     last_ns: int | None
     cpu_seconds: float  # over the whole run

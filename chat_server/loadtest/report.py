@@ -97,6 +97,7 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         "streams_connected": sum(sum(r.connected_by_chat.values()) for r in record.ready),
         "streams_failed": sum(r.failed for r in record.ready),
         "streams_ended_early": sum(w.ended_early for w in workers),
+        "stream_reconnects": sum(w.reconnects for w in workers),
         "connect_seconds": _connect_seconds(record.ready),
         **_posting(cfg, posts),
         **_deliveries(record),

@@ -76,14 +76,14 @@ async def dm_chat(session: aiohttp.ClientSession, base: str, username: str) -> C
 def plan_jobs(cfg: Config, targets: list[ChatTarget], run_id: str) -> list[WorkerJob]:
     """Stream i follows chat i mod K; streams are dealt to the processes in turn."""
     specs: list[list[StreamSpec]] = [[] for _ in range(cfg.processes)]
+    urls = [f"{base}/api/stream" for base in cfg.stream_bases]
     for i in range(cfg.streams):
         target = targets[i % len(targets)]
         reader = target.readers[(i // len(targets)) % len(target.readers)]
-        specs[i % cfg.processes].append(StreamSpec(target.chat_id, reader))
+        specs[i % cfg.processes].append(StreamSpec(urls[i % len(urls)], target.chat_id, reader))
     batch = max(1, cfg.ramp_batch // cfg.processes)
-    url = f"{cfg.base}/api/stream"
     return [
-        WorkerJob(n, url, streams, run_id, batch, cfg.connect_timeout, cfg.drop_every)
+        WorkerJob(n, streams, run_id, batch, cfg.connect_timeout, cfg.drop_every, cfg.resume)
         for n, streams in enumerate(specs)
     ]
 

@@ -29,6 +29,9 @@ from .wire import Receiver, StreamState
 
 # How often a worker reports its counts.
 COUNTS_SECONDS = 0.25
+# With --resume, how long a dropped stream waits before reconnecting (the server says 3000 ms;
+# shorter here, so that a run's drain window covers the reconnect).
+RETRY_SECONDS = 0.5
 
 
 def worker_main(job: WorkerJob, orders: Connection, reports: Connection) -> None:
@@ -54,6 +57,7 @@ class Worker:
         self.streams: list[StreamState] = []
         self.readers: list[asyncio.Task[None]] = []
         self.failed = 0
+        self.reconnects = 0
         self.errors: list[str] = []
         self.started = self.ready_at = time.time()
         self.cpu_at_start = self.cpu_at_ready = cpu_seconds()
@@ -85,28 +89,64 @@ class Worker:
             await asyncio.gather(*(self.open_one(session, spec) for spec in batch))
 
     async def open_one(self, session: aiohttp.ClientSession, spec: StreamSpec) -> None:
-        params = {"chat_id": str(spec.chat_id)}
-        if spec.username is not None:
-            params["username"] = spec.username
         try:
-            async with asyncio.timeout(self.job.connect_timeout):
-                response = await session.get(self.job.stream_url, params=params)
-                try:
-                    if response.status != 200:
-                        body = (await response.read())[:200].decode(errors="replace")
-                        raise LoadTestError(f"HTTP {response.status}: {body}")
-                    # The preamble is written after the subscription: from here nothing is missed.
-                    await response.content.readuntil(b"\n\n")
-                except BaseException:
-                    response.close()
-                    raise
+            response = await self.connect(session, spec, last_id=None)
         except (LoadTestError, aiohttp.ClientError, OSError, ValueError) as exc:
             self.failed += 1
             self.note_error(exc)
             return
         stream = StreamState(spec.chat_id)
         self.streams.append(stream)
-        self.readers.append(asyncio.create_task(self.read(response, stream)))
+        self.readers.append(asyncio.create_task(self.follow(session, spec, response, stream)))
+
+    async def connect(
+        self, session: aiohttp.ClientSession, spec: StreamSpec, last_id: int | None
+    ) -> aiohttp.ClientResponse:
+        params = {"chat_id": str(spec.chat_id)}
+        if spec.username is not None:
+            params["username"] = spec.username
+        headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
+        async with asyncio.timeout(self.job.connect_timeout):
+            response = await session.get(spec.url, params=params, headers=headers)
+            try:
+                if response.status != 200:
+                    body = (await response.read())[:200].decode(errors="replace")
+                    raise LoadTestError(f"HTTP {response.status}: {body}")
+                # The preamble is written after the subscription: from here nothing is missed.
+                await response.content.readuntil(b"\n\n")
+            except BaseException:
+                response.close()
+                raise
+        return response
+
+    async def follow(
+        self,
+        session: aiohttp.ClientSession,
+        spec: StreamSpec,
+        response: aiohttp.ClientResponse,
+        stream: StreamState,
+    ) -> None:
+        """Read the stream; with `resume`, reconnect it whenever it ends, as EventSource does."""
+        while True:
+            await self.read(response, stream)
+            if not self.job.resume:
+                stream.ended = True  # not reached when cancelled by close_all
+                return
+            response = await self.reconnect(session, spec, stream)
+
+    async def reconnect(
+        self, session: aiohttp.ClientSession, spec: StreamSpec, stream: StreamState
+    ) -> aiohttp.ClientResponse:
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)  # EventSource's retry delay
+            try:
+                response = await self.connect(session, spec, last_id=stream.last_id)
+            except (LoadTestError, aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
+                self.note_error(exc)
+                continue
+            stream.pending = b""
+            self.reconnects += 1
+            return response
 
     async def read(self, response: aiohttp.ClientResponse, stream: StreamState) -> None:
         try:
@@ -116,7 +156,6 @@ class Worker:
             self.note_error(exc)
         finally:
             response.close()
-        stream.ended = True  # not reached when cancelled by close_all
 
     async def close_all(self) -> None:
         for reader in self.readers:
@@ -160,6 +199,7 @@ class Worker:
             out_of_order=sum(s.out_of_order for s in self.streams),
             unexpected=unexpected,
             ended_early=sum(s.ended for s in self.streams),
+            reconnects=self.reconnects,
             latencies_ms=r.latencies_ms.tobytes(),
             last_ns=r.last_ns,
             cpu_seconds=cpu - self.cpu_at_start,

@@ -1,0 +1,386 @@
+"""`make bench`: every scenario of docs/benchmarks.md against a real server on MariaDB.
+
+Each scenario starts a fresh server process (`python run.py`) on a MariaDB database, drives it
+with the project's load tool (`python -m chat_server.loadtest`), and records the tool's JSON
+summary. The history scenario fills a table of 1,000,000 messages and times the latest page.
+The results are written to docs/benchmarks.md (and the raw summaries to artifacts/bench/).
+
+    python bench/benchmarks.py [--only NAME ...] [--mysql mysql://root@127.0.0.1:3306] [--redis redis://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pymysql
+
+from chat_server.loadtest import NO_LIMITS
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts" / "bench"
+REPORT = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    target: str
+    args: dict[str, Any]
+    workers: int = 1
+    database: str = "chat_bench"
+    checks: dict[str, float] = field(default_factory=dict)  # summary figure -> most allowed
+
+
+SCENARIOS = [
+    Scenario(
+        "idle",
+        "10,000 streams over 5,000 chats",
+        "all connected; RSS growth ≤ 15 KB per stream",
+        {"streams": 10_000, "chats": 5000, "messages": 0},
+    ),
+    Scenario(
+        "fan-out A",
+        "1,000 streams on one chat, 20 messages/s for 10 s",
+        "p99 ≤ 50 ms, 0 lost",
+        {"streams": 1000, "chats": 1, "messages": 200, "rate": 20},
+    ),
+    Scenario(
+        "fan-out B",
+        "5,000 streams on one chat, 10 messages/s for 10 s",
+        "p99 ≤ 300 ms, 0 lost",
+        {"streams": 5000, "chats": 1, "messages": 100, "rate": 10},
+    ),
+    Scenario(
+        "fan-out C",
+        "10,000 streams on one chat, 1 message/s for 20 s",
+        "p99 ≤ 100 ms, 0 lost",
+        {"streams": 10_000, "chats": 1, "messages": 20, "rate": 1},
+    ),
+    Scenario(
+        "chats",
+        "10,000 streams over 5,000 DM chats, 500 messages/s for 10 s",
+        "p99 ≤ 50 ms, 0 lost",
+        {"streams": 10_000, "chats": 5000, "messages": 5000, "rate": 500},
+    ),
+    Scenario(
+        "posting",
+        "64 concurrent posters to General with 100 streams open",
+        "≥ 2,000 stored messages/s, post p99 ≤ 50 ms",
+        {"streams": 100, "chats": 1, "messages": 20_000, "rate": 100_000, "post-concurrency": 64},
+    ),
+    Scenario(
+        "fan-out B, 2 workers",
+        "scenario fan-out B on `--workers 2` with Redis",
+        "compare with 1 worker",
+        {"streams": 5000, "chats": 1, "messages": 100, "rate": 10},
+        workers=2,
+    ),
+    Scenario(
+        "chats, 2 workers",
+        "scenario chats on `--workers 2` with Redis",
+        "compare with 1 worker",
+        {"streams": 10_000, "chats": 5000, "messages": 5000, "rate": 500},
+        workers=2,
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(database_url: str, workers: int, redis_url: str) -> Iterator[tuple[str, int]]:
+    """A server process on a free port: (base URL, pid of the process holding the streams)."""
+    port = free_port()
+    env = {**os.environ, **NO_LIMITS, "DATABASE_URL": database_url}
+    if workers > 1:
+        env["REDIS_URL"] = redis_url
+    log = (ARTIFACTS / f"server-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "run.py", "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, process)
+        yield base, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}; see {ARTIFACTS}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/healthz", timeout=2) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.2)  # a starting process has nothing to wait on but its port
+    raise SystemExit("the server did not become healthy in 60 s")
+
+
+def run_scenario(scenario: Scenario, mysql: str, redis_url: str) -> dict[str, Any]:
+    with server(f"{mysql}/{scenario.database}", scenario.workers, redis_url) as (base, pid):
+        command = [sys.executable, "-m", "chat_server.loadtest", "--url", base, "--json-only"]
+        if scenario.workers == 1:
+            command += ["--server-pid", str(pid)]
+        for key, value in scenario.args.items():
+            command += [f"--{key}", str(value)]
+        started = time.monotonic()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout else {}
+        summary["exit_code"] = done.returncode
+        summary["bench_seconds"] = round(time.monotonic() - started, 1)
+        summary["command"] = "python -m chat_server.loadtest " + " ".join(
+            f"--{k} {v}" for k, v in scenario.args.items()
+        )
+        if not done.stdout:
+            summary["error"] = done.stderr[-2000:]
+        return summary
+
+
+# -- history: latest 50 of one chat in a table of 1,000,000 messages ----------------------
+
+HISTORY_ROWS = 1_000_000
+HISTORY_CHATS = 1000
+HISTORY_QUERIES = 2000
+
+
+def fill_history(mysql: str, database: str) -> int:
+    """1,000,000 messages over 1,000 chats (made once; kept between runs). Returns a chat id."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(mysql)
+    conn = pymysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        database=database,
+        autocommit=True,
+    )
+    with conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM mensajes_v2")
+        (count,) = cur.fetchone()
+        if count < HISTORY_ROWS:
+            cur.execute("INSERT INTO usuarios (username) VALUES ('historia') ON DUPLICATE KEY UPDATE id = id")
+            cur.execute("SELECT id FROM usuarios WHERE username = 'historia'")
+            (user_id,) = cur.fetchone()
+            cur.execute("SELECT COUNT(*) FROM chats")
+            while cur.fetchone()[0] < HISTORY_CHATS:
+                cur.execute("INSERT INTO chats (type, name) VALUES ('dm', NULL)")
+                cur.execute("SELECT COUNT(*) FROM chats")
+            cur.execute("SELECT id FROM chats ORDER BY id LIMIT %s", (HISTORY_CHATS,))
+            chat_ids = [r[0] for r in cur.fetchall()]
+            batch = 10_000
+            for start in range(count, HISTORY_ROWS, batch):
+                rows = [
+                    (chat_ids[i % HISTORY_CHATS], user_id, f"mensaje {i} 😀")
+                    for i in range(start, start + batch)
+                ]
+                cur.executemany(
+                    "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido) VALUES (%s, %s, %s)", rows
+                )
+            cur.execute("ANALYZE TABLE mensajes_v2")
+        cur.execute("SELECT chat_id FROM mensajes_v2 ORDER BY id DESC LIMIT 1")
+        (chat_id,) = cur.fetchone()
+    conn.close()
+    return int(chat_id)
+
+
+async def time_history(base: str, chat_id: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        url = f"{base}/api/messages?chat_id={chat_id}"
+        for _ in range(HISTORY_QUERIES):
+            started = time.perf_counter()
+            async with session.get(url, headers={"X-Username": "historia"}) as resp:
+                body = await resp.json()
+            latencies.append((time.perf_counter() - started) * 1000)
+            if resp.status != 200 or len(body["messages"]) != 50:
+                raise SystemExit(f"history: unexpected answer {resp.status} {body}")
+    latencies.sort()
+
+    def pick(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
+
+    return {"queries": len(latencies), "p50": pick(0.5), "p99": pick(0.99), "max": round(latencies[-1], 2)}
+
+
+def run_history(mysql: str) -> dict[str, Any]:
+    database = "chat_bench_history"
+    with server(f"{mysql}/{database}", 1, "") as (base, _):
+        pass  # the server creates the schema
+    started = time.monotonic()
+    chat_id = fill_history(mysql, database)
+    filled = time.monotonic() - started
+    with server(f"{mysql}/{database}", 1, "") as (base, _):
+        result = asyncio.run(time_history(base, chat_id))
+    result["fill_seconds"] = round(filled, 1)
+    return result
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(
+        next(
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    )
+    memory = f"{mem_kb / 1024 / 1024:.0f} GiB"
+    return f"{os.cpu_count()} cores ({cpu}), {memory}, {platform.system()} {platform.release()}"
+
+
+COLUMNS = (
+    "Scenario",
+    "Target",
+    "Connected",
+    "Lost / dup / out of order",
+    "Delivery p50 / p90 / p99 / max (ms)",
+    "Deliveries/s",
+    "Post p50 / p99 (ms)",
+    "Stored msgs/s",
+    "Server RSS growth per stream",
+    "Server CPU",
+    "Load tool CPU (busiest process)",
+)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _quantiles(figures: dict[str, Any] | None) -> str:
+    figures = figures or {}
+    return " / ".join(str(figures[q]) for q in ("p50", "p90", "p99", "max") if q in figures)
+
+
+def _cells(scenario: Scenario, s: dict[str, Any]) -> list[str]:
+    head = [f"**{scenario.name}**: {scenario.what}", scenario.target]
+    if "error" in s:
+        return [*head, "failed: see artifacts/bench", *[""] * (len(COLUMNS) - 3)]
+    streams = s.get("streams_connected", 0)
+    rss = ""
+    if s.get("server_rss_after_mb") is not None and streams:
+        rss = f"{(s['server_rss_after_mb'] - s['server_rss_before_mb']) * 1024 / streams:.1f} KB"
+    server_cpu = s.get("server_cpu_percent")
+    return [
+        *head,
+        f"{streams:,} in {s.get('connect_seconds')} s",
+        f"{s.get('lost')} / {s.get('duplicated')} / {s.get('out_of_order')}",
+        _quantiles(s.get("delivery_latency_ms")),
+        str(s.get("deliveries_per_second") or ""),
+        _quantiles(s.get("post_latency_ms")),
+        f"{s['post_rate_actual']:.0f}" if scenario.name == "posting" else "",
+        rss,
+        "" if server_cpu is None else f"{server_cpu}%",
+        f"{s.get('loadtest_cpu_percent_of_wall')}% ({s.get('loadtest_busiest_process_cpu_percent')}%)",
+    ]
+
+
+def render(results: dict[str, dict[str, Any]], history: dict[str, Any] | None) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Regenerated by `make bench` (`python bench/benchmarks.py`): each scenario starts a fresh server",
+        "(`python run.py`, MariaDB store, one process unless stated) and drives it with the project's",
+        "load tool on the same machine; the tool's own CPU use is shown to tell whether it was the",
+        "bottleneck. Raw JSON summaries: `artifacts/bench/`.",
+        "",
+        f"- Date: {now}",
+        f"- Machine: {machine()}",
+        f"- Python {platform.python_version()}, MariaDB and Redis on loopback",
+        "",
+        _row(list(COLUMNS)),
+        _row(["---"] * len(COLUMNS)),
+    ]
+    lines += [_row(_cells(sc, results[sc.name])) for sc in SCENARIOS if sc.name in results]
+    if history:
+        lines += [
+            "",
+            f"**history**: latest 50 of one chat in a table of {HISTORY_ROWS:,} messages over"
+            f" {HISTORY_CHATS:,} chats, {history['queries']:,} sequential `GET /api/messages?chat_id=…`"
+            " over one keep-alive connection (target p99 ≤ 5 ms): "
+            f"p50 {history['p50']} ms, p99 {history['p99']} ms, max {history['max']} ms.",
+        ]
+    lines += ["", "## Commands", ""]
+    for scenario in SCENARIOS:
+        if scenario.name in results:
+            command = results[scenario.name].get("command")
+            server = f"`python run.py --workers {scenario.workers}` with `REDIS_URL`"
+            lines.append(
+                f"- {scenario.name}: `{command}`" + (f" (server: {server})" if scenario.workers > 1 else "")
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="*", help="scenario names to run (default: all, and history)")
+    parser.add_argument("--mysql", default=os.environ.get("CHAT_BENCH_MYSQL", "mysql://root@127.0.0.1:3306"))
+    parser.add_argument("--redis", default=os.environ.get("CHAT_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    args = parser.parse_args()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.only or [s.name for s in SCENARIOS] + ["history"])
+    results_file = ARTIFACTS / "results.json"
+    saved = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results: dict[str, dict[str, Any]] = saved.get("scenarios", {})
+    history = saved.get("history")
+    for scenario in SCENARIOS:
+        if scenario.name in wanted:
+            print(f"bench: {scenario.name} ...", file=sys.stderr, flush=True)
+            results[scenario.name] = run_scenario(scenario, args.mysql, args.redis)
+            print(json.dumps(results[scenario.name]), file=sys.stderr, flush=True)
+    if "history" in wanted:
+        print("bench: history ...", file=sys.stderr, flush=True)
+        history = run_history(args.mysql)
+        print(json.dumps(history), file=sys.stderr, flush=True)
+    results_file.write_text(json.dumps({"scenarios": results, "history": history}, indent=1))
+    REPORT.write_text(render(results, history))
+    print(f"bench: wrote {REPORT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

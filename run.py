@@ -10,6 +10,7 @@ from chat_server.settings import Settings
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(description="chat_server: a real-time chat backend")
     parser.add_argument("--host", default=settings.host, help="address to bind (CHAT_HOST)")
@@ -21,7 +22,6 @@ def main() -> None:
         help="server processes sharing the port; above 1 needs REDIS_URL (CHAT_WORKERS)",
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(settings, host=args.host, port=args.port, workers=args.workers)
 
 

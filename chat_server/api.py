@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Awaitable
 
 from aiohttp import web
 
 from . import service
-from .auth import current_user, issue_token, optional_user
-from .errors import BadRequest, NotFound
+from .auth import (
+    check_admin_password,
+    clear_login_cookie,
+    current_user,
+    identify,
+    issue_token,
+    resolve,
+    set_login_cookie,
+)
+from .broker import broker_key
+from .errors import BadRequest, NotFound, Unavailable
 from .jsonutil import json_response
+from .limits import limits_key
 from .models import Chat, Message
 from .presence import presence_key
 from .settings import settings_key
 from .store import DEFAULT_PAGE, MAX_PAGE, store_key
 from .validation import clean_username, int_value, optional_int, read_body, required_text
 
+# /readyz waits this long for each dependency before calling it unavailable.
+READY_TIMEOUT = 2.0
+
 
 async def login(request: web.Request) -> web.Response:
+    limits = request.app[limits_key]
+    await limits.address_logins(request)
     body = await read_body(request)
     username = clean_username(body.get("username", request.query.get("username")))
     user, created = await service.ensure_user(request.app, username)
+    await limits.user_logins(user.id)
+    if user.is_admin:
+        check_admin_password(request, body.get("password"))
     token = issue_token(request.app[settings_key].secret, user)
-    return json_response({"user": user.to_json(), "token": token}, status=201 if created else 200)
+    response = json_response({"user": user.to_json(), "token": token}, status=201 if created else 200)
+    set_login_cookie(request, response, token)
+    return response
 
 
 async def me(request: web.Request) -> web.Response:
@@ -31,8 +53,10 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    # Stateless: the client forgets its token.
-    return json_response({"ok": True})
+    # Stateless: the browser drops the cookie; other clients forget their token.
+    response = json_response({"ok": True})
+    clear_login_cookie(response)
+    return response
 
 
 async def list_chats(request: web.Request) -> web.Response:
@@ -54,12 +78,14 @@ async def create_dm(request: web.Request) -> web.Response:
 
 
 async def readable_chat(request: web.Request, chat_id: int) -> Chat:
-    """The chat, if the caller may read it (identity is optional for General)."""
+    """The chat, if the caller may read it (identity is optional for General, but a bare
+    username is refused even there with CHAT_AUTH=strict)."""
+    who = identify(request)
     chat = await request.app[store_key].get_chat(chat_id)
     if chat is None:
         raise NotFound("unknown chat", chat_id=chat_id)
     if not chat.is_general:
-        service.require_member(chat, await optional_user(request))
+        service.require_member(chat, None if who is None else await resolve(request, who))
     return chat
 
 
@@ -82,6 +108,7 @@ async def history_page(request: web.Request, chat: Chat) -> list[Message]:
 
 
 async def post_message(request: web.Request) -> web.Response:
+    await request.app[limits_key].address_posts(request)
     body = await read_body(request)
     if body.get("chat_id") is None:
         raise BadRequest("chat_id is required", field="chat_id")
@@ -92,8 +119,25 @@ async def post_message(request: web.Request) -> web.Response:
         raise NotFound("unknown chat", chat_id=chat_id)
     sender = await current_user(request, body, create=True)
     service.require_member(chat, sender)
+    await request.app[limits_key].user_posts(sender.id)
     message = await service.post_message(request.app, chat, sender, contenido)
     return json_response({"message": message.to_json()}, status=201)
+
+
+async def mark_read(request: web.Request) -> web.Response:
+    """POST /api/chats/{chat_id}/read {last_read_id}: how far the caller has read the chat."""
+    chat_id = int_value(request.match_info["chat_id"], "chat_id")
+    body = await read_body(request)
+    if body.get("last_read_id") is None:
+        raise BadRequest("last_read_id is required", field="last_read_id")
+    last_read_id = int_value(body["last_read_id"], "last_read_id", minimum=0)
+    user = await current_user(request, body)
+    chat = await request.app[store_key].get_chat(chat_id)
+    if chat is None:
+        raise NotFound("unknown chat", chat_id=chat_id)
+    service.require_member(chat, user)
+    marker = await service.mark_read(request.app, chat, user, last_read_id)
+    return json_response(marker.to_json())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -102,12 +146,33 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "pid": os.getpid()})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: the store and the broker (Redis, when used) both answer."""
+    store, broker = request.app[store_key], request.app[broker_key]
+    store_ok, broker_ok = await asyncio.gather(_answers(store.ping()), _answers(broker.ping()))
+    state = {"store": "ok" if store_ok else "unavailable", "broker": "ok" if broker_ok else "unavailable"}
+    if not (store_ok and broker_ok):
+        raise Unavailable("not ready", **state)
+    return json_response({"status": "ready", "pid": os.getpid(), **state})
+
+
+async def _answers(ping: Awaitable[None]) -> bool:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await ping
+    except Exception:  # whatever the failure, the dependency does not answer
+        return False
+    return True
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/login", login)
     app.router.add_get("/api/me", me)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/chats", list_chats)
     app.router.add_post("/api/chats/dm", create_dm)
+    app.router.add_post("/api/chats/{chat_id}/read", mark_read)
     app.router.add_post("/api/messages", post_message)
     # GET /api/messages belongs to the legacy module, which hands chat_id queries to list_messages.
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

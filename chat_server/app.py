@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
 from aiohttp import web
 
-from . import api, legacy, service, streams
+from . import api, frontend, legacy, metrics, openapi, service, streams
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
 from .errors import error_middleware
 from .hub import Hub, hub_key
+from .limits import Limits, RateLimiter, RedisRateLimiter, RedisStreamSlots, StreamSlots, limits_key
 from .presence import LocalPresence, Presence, RedisPresence, presence_key
 from .settings import Settings, settings_key
 from .store import open_store, store_key
@@ -28,10 +31,14 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_hub_ctx)
     app.cleanup_ctx.append(_broker_ctx)
     app.cleanup_ctx.append(_presence_ctx)
+    app.cleanup_ctx.append(_limits_ctx)
     app.on_shutdown.append(_end_streams)
     api.setup_routes(app)
     legacy.setup_routes(app)
     streams.setup_routes(app)
+    frontend.setup_routes(app)
+    openapi.setup_routes(app)
+    metrics.setup(app)
     _setup_cors(app, settings)
     return app
 
@@ -51,7 +58,11 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     # Streams replay from the database up to the newest message the hub has released.
     hub.sequencer.reset(await app[store_key].latest_message_id())
     app[hub_key] = hub
+    beats = asyncio.create_task(hub.beat_forever(app[settings_key].heartbeat_seconds), name="heartbeats")
     yield
+    beats.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await beats
     hub.close()
 
 
@@ -88,6 +99,22 @@ async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
     await presence.close()
 
 
+async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Limits shared by every process through the broker's Redis, when there is one."""
+    settings, broker = app[settings_key], app[broker_key]
+    rates: RateLimiter
+    slots: StreamSlots
+    if isinstance(broker, RedisBroker):
+        rates = RedisRateLimiter(broker.redis, broker.channel)
+        slots = RedisStreamSlots(broker.redis, broker.channel, broker.process_id, settings.presence_ttl)
+    else:
+        rates, slots = RateLimiter(), StreamSlots()
+    await slots.start()
+    app[limits_key] = Limits(settings, rates, slots)
+    yield
+    await slots.close()
+
+
 async def _end_streams(app: web.Application) -> None:
     # Open streams would otherwise hold shutdown for the whole shutdown timeout, twice.
     app[hub_key].close()
@@ -106,3 +133,11 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
     cors = aiohttp_cors.setup(app, defaults={o: options for o in settings.cors_origins or ("*",)})
     for route in list(app.router.routes()):
         cors.add(route)
+    if credentials:
+        app.on_response_prepare.append(_vary_on_origin)
+
+
+async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
+    # With listed origins, answers differ by Origin; aiohttp-cors does not say so (its #351).
+    if "Origin" not in response.headers.getall("Vary", ()):
+        response.headers.add("Vary", "Origin")

@@ -73,6 +73,9 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None: ...
 
+    @abc.abstractmethod
+    async def chat_read(self, user_id: int, marker: dict[str, Any]) -> None: ...
+
     def _new_token(self) -> str:
         return f"{self.process_id}:{next(self._tokens)}"
 
@@ -97,6 +100,9 @@ class LocalBroker(Broker):
 
     async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None:
         self.hub.presence(change, chat_ids)
+
+    async def chat_read(self, user_id: int, marker: dict[str, Any]) -> None:
+        self.hub.chat_read(user_id, marker)
 
 
 class RedisBroker(Broker):
@@ -191,6 +197,10 @@ class RedisBroker(Broker):
         if not await self._publish({"type": "presence", "change": change, "chats": chat_ids}):
             self.hub.presence(change, chat_ids)
 
+    async def chat_read(self, user_id: int, marker: dict[str, Any]) -> None:
+        if not await self._publish({"type": "read", "user_id": user_id, "marker": marker}):
+            self.hub.chat_read(user_id, marker)
+
     async def _publish(self, event: dict[str, Any]) -> bool:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
@@ -251,6 +261,8 @@ class RedisBroker(Broker):
             self.hub.chat_created(event["chat"])
         elif kind == "presence":
             self.hub.presence(event["change"], event["chats"])
+        elif kind == "read":
+            self.hub.chat_read(event["user_id"], event["marker"])
         elif kind == "resync":
             await self._resync()
         elif not self.healthy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +39,17 @@ class NotFound(ApiError):
     status = 404
 
 
+class TooManyRequests(ApiError):
+    """A rate limit or the stream cap: retry after `retry_after` seconds (sent as Retry-After)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float, **extra: Any) -> None:
+        # Whole seconds, at least 1: Retry-After takes an integer and 0 would invite a busy loop.
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(message, retry_after=self.retry_after, **extra)
+
+
 class Unavailable(ApiError):
     """A dependency (database, broker) does not answer; the client may retry."""
 
@@ -52,7 +64,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return json_response({"error": exc.message, **exc.extra}, status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+        return json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

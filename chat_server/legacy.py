@@ -15,9 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from . import api, service
-from .auth import optional_user
-from .errors import BadRequest, NotFound
+from .auth import Identity, current_user, identify, optional_user, resolve
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .jsonutil import json_response
+from .limits import limits_key
 from .models import LIMA, Message, User
 from .settings import settings_key
 from .store import store_key
@@ -42,6 +43,7 @@ async def get_messages(request: web.Request) -> web.Response:
         other = await _known_user(request, request.query["usuario"], "usuario")
         chat, _ = await service.open_dm(request.app, caller, other)
     else:
+        identify(request)  # General needs no caller; this refuses a bare username in strict mode
         chat = await request.app[store_key].general_chat()
     messages = await api.history_page(request, chat)
     return json_response({"chat_id": chat.id, "messages": [legacy_fields(m) for m in messages]})
@@ -49,15 +51,18 @@ async def get_messages(request: web.Request) -> web.Response:
 
 async def send(request: web.Request) -> web.Response:
     """Every field is checked before anything is stored: a refused post creates no user."""
+    await request.app[limits_key].address_posts(request)
     body = await read_body(request)
-    if body.get("usuario") is None:
+    strict = request.app[settings_key].auth_mode == "strict"
+    if body.get("usuario") is None and not strict:
         raise BadRequest("usuario is required", field="usuario")
-    name = clean_username(body["usuario"], "usuario")
+    name = None if body.get("usuario") is None else clean_username(body["usuario"], "usuario")
     text = required_text(body, "mensaje", request.app[settings_key].max_message_chars)
     other = None
     if body.get("destinatario") is not None:
         other = await _known_user(request, body["destinatario"], "destinatario")
-    sender, _ = await service.ensure_user(request.app, name)
+    sender = await _sender(request, name)
+    await request.app[limits_key].user_posts(sender.id)
     if other is None:
         chat = await request.app[store_key].general_chat()
     else:
@@ -66,11 +71,27 @@ async def send(request: web.Request) -> web.Response:
     return json_response({"message": legacy_fields(message)}, status=201)
 
 
+async def _sender(request: web.Request, name: str | None) -> User:
+    """`usuario` names the sender, created on first use. With CHAT_AUTH=strict the token or the
+    login cookie does, and `usuario`, when sent, must name that same user."""
+    if name is not None and request.app[settings_key].auth_mode == "username":
+        return await resolve(request, Identity(username=name), create=True)
+    sender = await current_user(request)
+    if name is not None:
+        named = await request.app[store_key].get_user(username=name)
+        if named is None or named.id != sender.id:
+            raise Forbidden("usuario is not the logged-in user", field="usuario")
+    return sender
+
+
 async def _legacy_caller(request: web.Request) -> User:
     """The caller, identified as in the new flow (X-Username header, `username` query, or a
-    token): 400 without one, as the legacy query cannot be answered; 404 when unknown."""
+    token): 400 without one, as the legacy query cannot be answered (401 with CHAT_AUTH=strict);
+    404 when unknown."""
     user = await optional_user(request)
     if user is None:
+        if request.app[settings_key].auth_mode == "strict":
+            raise Unauthorized("identity required: log in")
         raise BadRequest("username (query) or X-Username (header) is required with usuario")
     return user
 

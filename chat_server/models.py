@@ -87,6 +87,8 @@ class Chat:
     name: str | None
     participants: tuple[User, ...] = ()
     last_message: Message | None = field(default=None, compare=False)
+    # The viewer's unread count, known only in a chat list (it differs per viewer).
+    unread: int | None = field(default=None, compare=False)
 
     @property
     def is_general(self) -> bool:
@@ -97,10 +99,25 @@ class Chat:
         return self.is_general or any(p.id == user_id for p in self.participants)
 
     def to_json(self, online: set[int] | None = None) -> dict[str, Any]:
-        return {
+        chat: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "name": self.name,
             "participants": [p.brief(online) for p in self.participants],
             "last_message": self.last_message.to_json() if self.last_message else None,
         }
+        if self.unread is not None:
+            chat["unread"] = self.unread
+        return chat
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarker:
+    """How far a user has read a chat, and how many messages of others are after it."""
+
+    chat_id: int
+    last_read_id: int
+    unread: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chat_id": self.chat_id, "last_read_id": self.last_read_id, "unread": self.unread}

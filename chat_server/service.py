@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .broker import broker_key
 from .errors import BadRequest, Forbidden, Unauthorized, Unavailable
-from .models import ADMIN_USERNAME, Chat, Message, User
+from .models import ADMIN_USERNAME, Chat, Message, ReadMarker, User
 from .store import store_key
 
 T = TypeVar("T")
@@ -46,6 +46,19 @@ async def post_message(app: web.Application, chat: Chat, sender: User, contenido
             message = await app[store_key].add_message(chat.id, sender, contenido)
             release(message)
         return message
+
+    return await _shield(store_and_publish())
+
+
+async def mark_read(app: web.Application, chat: Chat, user: User, last_read_id: int) -> ReadMarker:
+    """Move the user's read marker; when it moved, the user's other tabs hear of it (even if
+    the client hangs up mid-way)."""
+
+    async def store_and_publish() -> ReadMarker:
+        marker, moved = await app[store_key].mark_read(chat.id, user, last_read_id)
+        if moved:
+            await app[broker_key].chat_read(user.id, marker.to_json())
+        return marker
 
     return await _shield(store_and_publish())
 

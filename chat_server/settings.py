@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aiohttp import web
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DATABASE_URL = "sqlite:///data/chat.sqlite3"
+AuthMode = Literal["username", "strict"]
+AUTH_MODES: tuple[AuthMode, ...] = ("username", "strict")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,19 @@ class Settings:
     subscriber_buffer: int = 1000
     # Signs login tokens; a random one per start unless CHAT_SECRET is set.
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    # "username": a bare username identifies the caller (the seed); "strict": only a token or cookie.
+    auth_mode: AuthMode = "username"
+    # When set, logging in as admin needs it (and a bare "admin" identifies no one).
+    admin_password: str | None = field(default=None, repr=False)
+    # Rate limits: at most this many per window (0 turns one off). A person typing never gets
+    # near them; a script does. Behind a reverse proxy every address is the proxy's.
+    rate_window: float = 60.0
+    post_limit_user: int = 600
+    post_limit_address: int = 3000
+    login_limit_user: int = 10
+    login_limit_address: int = 300
+    # Open streams per user, all processes together (0: no cap). A person has a few tabs.
+    max_streams_per_user: int = 32
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -48,8 +67,43 @@ class Settings:
             presence_ttl=float(env.get("CHAT_PRESENCE_TTL", defaults.presence_ttl)),
             replay_limit=_int(env, "CHAT_REPLAY_LIMIT", defaults.replay_limit),
             subscriber_buffer=_int(env, "CHAT_SUBSCRIBER_BUFFER", defaults.subscriber_buffer),
-            secret=env.get("CHAT_SECRET") or defaults.secret,
+            secret=env.get("CHAT_SECRET") or _random_secret(defaults.secret),
+            auth_mode=_auth_mode(env.get("CHAT_AUTH") or defaults.auth_mode),
+            admin_password=env.get("CHAT_ADMIN_PASSWORD") or None,
+            rate_window=_positive(_float(env, "CHAT_RATE_WINDOW", defaults.rate_window), "CHAT_RATE_WINDOW"),
+            post_limit_user=_int(env, "CHAT_POST_LIMIT_USER", defaults.post_limit_user),
+            post_limit_address=_int(env, "CHAT_POST_LIMIT_ADDRESS", defaults.post_limit_address),
+            login_limit_user=_int(env, "CHAT_LOGIN_LIMIT_USER", defaults.login_limit_user),
+            login_limit_address=_int(env, "CHAT_LOGIN_LIMIT_ADDRESS", defaults.login_limit_address),
+            max_streams_per_user=_int(env, "CHAT_MAX_STREAMS_PER_USER", defaults.max_streams_per_user),
         )
+
+
+def _random_secret(secret: str) -> str:
+    log.warning("CHAT_SECRET is not set: using a random secret, so logins end when the server restarts")
+    return secret
+
+
+def _auth_mode(raw: str) -> AuthMode:
+    if raw not in AUTH_MODES:
+        raise SystemExit(f"CHAT_AUTH must be one of {', '.join(AUTH_MODES)}, got {raw!r}")
+    return raw
+
+
+def _positive(value: float, name: str) -> float:
+    if value <= 0:
+        raise SystemExit(f"{name} must be above 0, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from chat_server.app import create_app
@@ -13,6 +14,7 @@ from chat_server.settings import Settings
 
 from .chat_client import AiohttpClient, ChatClient
 from .databases import throwaway_database
+from .openapi_check import ResponseRecorder
 
 BACKENDS = ("sqlite", "mysql")
 
@@ -32,8 +34,17 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
+def openapi_responses() -> Iterator[ResponseRecorder]:
+    """Every response of the test's apps, held to docs/openapi.json once the test is over."""
+    recorder = ResponseRecorder()
+    yield recorder
+    assert recorder.problems == [], "responses that docs/openapi.json does not describe"
+
+
+@pytest.fixture
 def make_client(
     settings: Settings,
+    openapi_responses: ResponseRecorder,
     aiohttp_client: AiohttpClient,
 ) -> Callable[..., Awaitable[ChatClient]]:
     """A client of a fresh app; keyword arguments override settings. (`settings` comes first so
@@ -41,7 +52,9 @@ def make_client(
 
     async def make(**overrides: object) -> ChatClient:
         app = create_app(replace(settings, **overrides))  # type: ignore[arg-type]
-        return ChatClient(await aiohttp_client(app))
+        openapi_responses.attach(app)
+        # Without cookies: each call names its caller itself (tests/test_security.py keeps them).
+        return ChatClient(await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar()))
 
     return make
 

@@ -21,3 +21,12 @@ GROUP BY LEAST(a.user_id, b.user_id), GREATEST(a.user_id, b.user_id);
 
 -- History pages, polling (after_id) and stream replay all read "chat_id = ? AND id > ?" in id order.
 CREATE INDEX IF NOT EXISTS idx_chat_id ON mensajes_v2 (chat_id, id);
+
+-- How far each user has read each chat (POST /api/chats/{id}/read). A marker only moves forward;
+-- a missing row means nothing read yet. Unread counts read mensajes_v2 through idx_chat_id from it.
+CREATE TABLE IF NOT EXISTS chat_reads (
+    chat_id INT NOT NULL,
+    user_id INT NOT NULL,
+    last_read_id INT NOT NULL DEFAULT 0,
+    PRIMARY KEY (chat_id, user_id)
+) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -58,3 +58,10 @@ CREATE TABLE IF NOT EXISTS dm_pairs (
     chat_id INTEGER NOT NULL UNIQUE,
     PRIMARY KEY (user_low, user_high)
 );
+
+CREATE TABLE IF NOT EXISTS chat_reads (
+    chat_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    last_read_id INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (chat_id, user_id)
+);

@@ -1,0 +1,309 @@
+"""Rate limits on posting and login, and the cap on open streams per user.
+
+Counters live in this process, or in Redis when the app has one, so that every process shares
+them. Rate limits are fixed windows aligned on the clock (INCR and PEXPIRE of one key per
+window), so all processes agree on when a window ends. Open streams are a sorted set per user
+of "stream -> expiry", refreshed while the stream is open, so the streams of a process that died
+stop counting after the expiry, as with presence. If Redis does not answer, the in-process
+counters decide: a limit is then per process, but no request fails because Redis is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from .errors import TooManyRequests
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A limit check waits at most this long for Redis before the in-process counters decide:
+# posting must not hang on a Redis that stopped answering.
+REDIS_TIMEOUT = 0.5
+# After Redis failed, it is asked again only after this long: meanwhile requests do not wait on it.
+REDIS_PAUSE = 1.0
+# A refused stream has no window to wait for; a client may try again after this.
+STREAM_RETRY_AFTER = 5.0
+# In-process counters are swept of ended windows once there are this many.
+SWEEP_AT = 10_000
+
+RedisFailure = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Rate:
+    limit: int  # at most this many per window; 0 means no limit
+    window: float  # seconds
+
+
+class LocalCounters:
+    """Fixed-window counters in this process."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[float, int]] = {}  # key -> (window end, count)
+        self._sweep_at = SWEEP_AT
+
+    def hit(self, key: str, rate: Rate, now: float) -> float | None:
+        """Count one; the seconds until the window ends if that went over the limit, else None."""
+        end = _window_end(now, rate.window)
+        seen_end, count = self._counts.get(key, (end, 0))
+        count = count + 1 if seen_end == end else 1
+        if len(self._counts) >= self._sweep_at:
+            self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
+            # Many live keys: sweep again only once there are twice as many (amortised O(1)).
+            self._sweep_at = max(SWEEP_AT, 2 * len(self._counts))
+        self._counts[key] = (end, count)
+        return end - now if count > rate.limit else None
+
+
+class RedisGuard:
+    """Whether to ask Redis now (not for REDIS_PAUSE after a failure); says when it goes away."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failing = False
+        self._paused_until = 0.0
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self._paused_until
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failing:
+            log.warning("%s: redis unreachable (%s); counting in this process", self.what, exc)
+        self.failing = True
+        self._paused_until = time.monotonic() + REDIS_PAUSE
+
+    def succeeded(self) -> None:
+        if self.failing:
+            log.info("%s: redis answers again", self.what)
+        self.failing = False
+
+
+Hits = list[tuple[str, Rate]]
+
+
+class RateLimiter:
+    def __init__(self) -> None:
+        self.local = LocalCounters()
+
+    async def hit(self, hits: Hits) -> float | None:
+        """Count one against each (key, rate); the longest wait of those over their limit, or
+        None when none is."""
+        return self._local_hits(hits, time.time())
+
+    def _local_hits(self, hits: Hits, now: float) -> float | None:
+        waits = [self.local.hit(key, rate, now) for key, rate in hits]
+        return max((w for w in waits if w is not None), default=None)
+
+
+class RedisRateLimiter(RateLimiter):
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        super().__init__()
+        self.redis = client
+        self.namespace = namespace
+        self.guard = RedisGuard("rate limits")
+
+    async def hit(self, hits: Hits) -> float | None:
+        """All counters in one round trip."""
+        now = time.time()
+        if not self.guard.ready():
+            return self._local_hits(hits, now)
+        ends = [_window_end(now, rate.window) for _, rate in hits]
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for (key, _), end in zip(hits, ends, strict=True):
+                        name = f"{self.namespace}:rate:{key}:{end:.3f}"
+                        pipe.incr(name)
+                        # Kept a little past the window's end, so a slow clock elsewhere finds it.
+                        pipe.pexpire(name, math.ceil((end - now + 1) * 1000))
+                    replies = await pipe.execute()
+        except RedisFailure as exc:
+            self.guard.failed(exc)
+            return self._local_hits(hits, now)
+        self.guard.succeeded()
+        counts = replies[::2]
+        waits = [
+            end - now
+            for (_, rate), end, count in zip(hits, ends, counts, strict=True)
+            if int(count) > rate.limit
+        ]
+        return max(waits, default=None)
+
+
+class StreamSlots:
+    """Open streams per user: in this process, and in Redis for `RedisStreamSlots`."""
+
+    def __init__(self) -> None:
+        self._local: dict[int, set[str]] = {}  # user id -> this process's open streams
+        self._names = itertools.count()
+
+    def hold(self, user_id: int, cap: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """A slot for the body of the block (a stream's life); 429 when the user has `cap` open."""
+        return contextlib.nullcontext() if cap <= 0 else _Slot(self, user_id, cap, str(next(self._names)))
+
+    async def _count_with(self, user_id: int, slot: str) -> int:
+        """Add the slot; the user's open streams, this one included."""
+        slots = self._local.setdefault(user_id, set())
+        slots.add(slot)
+        return len(slots)
+
+    async def _drop(self, user_id: int, slot: str) -> None:
+        slots = self._local.get(user_id)
+        if slots is not None:
+            slots.discard(slot)
+            if not slots:
+                del self._local[user_id]
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class _Slot:
+    """One stream's slot (a plain class, not a generator: thousands stay open)."""
+
+    __slots__ = ("cap", "name", "slots", "user_id")
+
+    def __init__(self, slots: StreamSlots, user_id: int, cap: int, name: str) -> None:
+        self.slots = slots
+        self.user_id = user_id
+        self.cap = cap
+        self.name = name
+
+    async def __aenter__(self) -> None:
+        if await self.slots._count_with(self.user_id, self.name) > self.cap:
+            await self.slots._drop(self.user_id, self.name)
+            raise TooManyRequests("too many open streams", STREAM_RETRY_AFTER, limit=self.cap)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Shielded: the stream's task is usually being cancelled right now.
+        await asyncio.shield(self.slots._drop(self.user_id, self.name))
+
+
+class RedisStreamSlots(StreamSlots):
+    def __init__(self, client: redis.Redis, namespace: str, process_id: str, ttl: float) -> None:
+        super().__init__()
+        self.redis = client
+        self.namespace = namespace
+        self.process_id = process_id
+        self.ttl = ttl
+        self.guard = RedisGuard("stream cap")
+        self._task: asyncio.Task[None] | None = None
+
+    def _key(self, user_id: int) -> str:
+        return f"{self.namespace}:streams:{user_id}"
+
+    def _member(self, slot: str) -> str:
+        return f"{self.process_id}:{slot}"
+
+    async def _count_with(self, user_id: int, slot: str) -> int:
+        local = await super()._count_with(user_id, slot)
+        if not self.guard.ready():
+            return local
+        now = time.time()
+        key = self._key(user_id)
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.zremrangebyscore(key, "-inf", now)  # streams of processes that died
+                    pipe.zadd(key, {self._member(slot): now + self.ttl})
+                    pipe.zcard(key)
+                    pipe.pexpire(key, math.ceil(self.ttl * 1000))
+                    _, _, count, _ = await pipe.execute()
+        except RedisFailure as exc:
+            self.guard.failed(exc)
+            return local
+        self.guard.succeeded()
+        return int(count)
+
+    async def _drop(self, user_id: int, slot: str) -> None:
+        await super()._drop(user_id, slot)
+        if not self.guard.ready():
+            return  # the entry expires in Redis by itself
+        with contextlib.suppress(*RedisFailure):
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self.redis.zrem(self._key(user_id), self._member(slot))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_forever(), name="stream-slots-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh_forever(self) -> None:
+        """Push back the expiry of this process's open streams, well before it comes."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            with contextlib.suppress(*RedisFailure):
+                expires = time.time() + self.ttl
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for user_id, slots in list(self._local.items()):
+                        pipe.zadd(self._key(user_id), {self._member(s): expires for s in slots})
+                        pipe.pexpire(self._key(user_id), math.ceil(self.ttl * 1000))
+                    await pipe.execute()
+
+
+class Limits:
+    """What the handlers ask: may this post, this login, this stream go ahead? (429 if not.)"""
+
+    def __init__(self, settings: Settings, rates: RateLimiter, streams: StreamSlots) -> None:
+        self.settings = settings
+        self.rates = rates
+        self.streams = streams
+
+    # The address is checked first, before anything else is done: a flood of posts or logins
+    # under ever new usernames is refused before it creates users.
+
+    async def address_posts(self, request: web.Request) -> None:
+        await self._hit("messages", (f"post:addr:{_address(request)}", self.settings.post_limit_address))
+
+    async def user_posts(self, user_id: int) -> None:
+        await self._hit("messages", (f"post:user:{user_id}", self.settings.post_limit_user))
+
+    async def address_logins(self, request: web.Request) -> None:
+        await self._hit("logins", (f"login:addr:{_address(request)}", self.settings.login_limit_address))
+
+    async def user_logins(self, user_id: int) -> None:
+        await self._hit("logins", (f"login:user:{user_id}", self.settings.login_limit_user))
+
+    def stream(self, user_id: int | None) -> contextlib.AbstractAsyncContextManager[None]:
+        """A slot for a stream of the user (anonymous streams of General are not capped)."""
+        if user_id is None:
+            return contextlib.nullcontext()
+        return self.streams.hold(user_id, self.settings.max_streams_per_user)
+
+    async def _hit(self, what: str, *limits: tuple[str, int]) -> None:
+        window = self.settings.rate_window
+        hits = [(key, Rate(limit, window)) for key, limit in limits if limit > 0]
+        if not hits:
+            return
+        wait = await self.rates.hit(hits)
+        if wait is not None:
+            raise TooManyRequests(f"too many {what}: try again later", wait)
+
+
+def _window_end(now: float, window: float) -> float:
+    return (math.floor(now / window) + 1) * window
+
+
+def _address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+limits_key = web.AppKey("limits", Limits)

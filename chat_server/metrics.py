@@ -1,0 +1,111 @@
+"""GET /metrics: Prometheus text, from a registry owned by the app (not the global one, so any
+number of apps, as in the tests, keep their own numbers).
+
+Most figures are counters the hub and the store keep anyway, read when scraped by a custom
+collector; HTTP requests are counted as each response starts, by method, route (the route's
+pattern, never the raw path, so the label set stays small) and status. Each process answers for
+itself: with --workers, scrape each, or sum what the scrapes return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from .broker import RedisBroker, broker_key
+from .hub import hub_key
+from .store import store_key
+
+# Requests that matched no route share one label, so random paths cannot grow the label set.
+UNMATCHED = "(unmatched)"
+
+
+class Metrics:
+    def __init__(self, app: web.Application) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(ChatCollector(app))
+        ProcessCollector(registry=self.registry)
+        self.http_requests = Counter(
+            "chat_http_requests",
+            "HTTP responses started, by method, route pattern and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    def count_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        resource = request.match_info.route.resource
+        route = UNMATCHED if resource is None else resource.canonical
+        self.http_requests.labels(request.method, route, str(response.status)).inc()
+
+
+class ChatCollector:
+    """Reads the hub's and the store's own counters when scraped."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        hub, store, broker = self.app.get(hub_key), self.app.get(store_key), self.app.get(broker_key)
+        if hub is None or store is None or broker is None:
+            return  # not started yet (or already stopped)
+        stats = hub.stats
+        yield GaugeMetricFamily(
+            "chat_open_streams", "Event streams open on this process", hub.subscriber_count
+        )
+        yield CounterMetricFamily(
+            "chat_messages_stored", "Messages stored by this process", store.messages_stored
+        )
+        yield CounterMetricFamily(
+            "chat_messages_published",
+            "Messages released to this process's streams (with Redis: those of every process)",
+            stats.published,
+        )
+        yield CounterMetricFamily("chat_deliveries", "Events handed to streams", stats.deliveries)
+        yield CounterMetricFamily(
+            "chat_slow_consumer_disconnects",
+            "Streams dropped for falling too far behind",
+            stats.slow_disconnects,
+        )
+        yield CounterMetricFamily(
+            "chat_replayed_messages", "Messages replayed from the database on (re)connect", stats.replayed
+        )
+        latency = stats.write_latency
+        yield HistogramMetricFamily(
+            "chat_publish_to_write_seconds",
+            "From the hub releasing an event to its write to a stream's socket, per delivery",
+            buckets=latency.cumulative(),
+            sum_value=latency.sum,
+        )
+        healthy = broker.healthy if isinstance(broker, RedisBroker) else True
+        yield GaugeMetricFamily(
+            "chat_broker_healthy", "1 while fan-out goes through the broker, 0 while degraded", healthy
+        )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encode(request.app[metrics_key].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _count_response(request: web.Request, response: web.StreamResponse) -> None:
+    request.app[metrics_key].count_response(request, response)
+
+
+def setup(app: web.Application) -> None:
+    app[metrics_key] = Metrics(app)
+    # Counted when the response starts: a stream counts once, with the status it was sent with.
+    app.on_response_prepare.append(_count_response)
+    app.router.add_get("/metrics", metrics_handler)
+
+
+metrics_key = web.AppKey("metrics", Metrics)

@@ -1,0 +1,137 @@
+"""The logs of a real server process (python run.py) that saw tokens, cookies and passwords
+hold none of them; its access log is one JSON object per request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from .services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Server:
+    base: str
+    log: Path
+    process: subprocess.Popen[bytes]
+    secret: str
+    admin_password: str
+
+    def stop(self) -> str:
+        """Stop it as an operator would, and return everything it logged."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(timeout=30) == 0
+        return self.log.read_text("utf-8", errors="replace")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    port = free_port()
+    secret, password = secrets.token_urlsafe(24), secrets.token_urlsafe(18)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/chat.sqlite3",
+        "CHAT_SECRET": secret,
+        "CHAT_ADMIN_PASSWORD": password,
+    }
+    env.pop("REDIS_URL", None)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "run.py", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    server = Server(f"http://127.0.0.1:{port}", log, process, secret, password)
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def wait_until_up(session: aiohttp.ClientSession, base: str) -> None:
+    async with asyncio.timeout(START_TIMEOUT):
+        while True:
+            try:
+                async with session.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)  # the process is starting: nothing to wait on but its port
+
+
+async def test_logs_hold_no_token_cookie_or_password(server: Server) -> None:
+    base = server.base
+    wrong_password = "not-the-" + server.admin_password
+    forged = "v1.1." + secrets.token_urlsafe(32)
+    secrets_seen: list[str] = [server.admin_password, wrong_password, server.secret, forged]
+    jar = aiohttp.CookieJar(unsafe=True)  # keeps cookies for an IP address, as a browser would
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        await wait_until_up(session, base)
+
+        async def call(method: str, path: str, status: int, **kwargs: object) -> dict[str, object]:
+            async with session.request(method, f"{base}{path}", **kwargs) as resp:  # type: ignore[arg-type]
+                assert resp.status == status, await resp.text()
+                body: dict[str, object] = await resp.json()
+                return body
+
+        admin = await call(
+            "POST", "/api/login", 200, json={"username": "admin", "password": server.admin_password}
+        )
+        form = aiohttp.FormData({"username": "admin", "password": server.admin_password})
+        await call("POST", "/api/login", 200, data=form)
+        await call("POST", "/api/login", 401, json={"username": "admin", "password": wrong_password})
+        ana = await call("POST", "/api/login", 201, json={"username": "ana"})
+        tokens = [str(admin["token"]), str(ana["token"])]
+        secrets_seen += tokens
+        cookie = jar.filter_cookies(URL(base)).get("chat_token")
+        assert cookie is not None
+        secrets_seen.append(cookie.value)
+
+        await call("GET", "/api/me", 200, headers={"Authorization": f"Bearer {tokens[0]}"})
+        await call("GET", "/api/chats", 200, params={"token": tokens[1]})
+        await call("GET", "/api/me", 200)  # by the cookie alone
+        await call("POST", "/api/messages", 201, json={"chat_id": 1, "contenido": "hola"})
+        await call("GET", "/api/messages", 200, params={"chat_id": 1, "token": tokens[0]})
+        await call("GET", "/api/me", 401, params={"token": forged})
+        await call("GET", "/api/me", 401, headers={"Authorization": f"Bearer {forged}"})
+        async with session.get(f"{base}/api/stream", params={"token": tokens[1]}) as resp:
+            assert resp.status == 200
+            assert await resp.content.readuntil(b"\n\n") == b"retry: 3000\n\n"
+        await call("POST", "/api/logout", 200)
+
+    logged = server.stop()
+    for secret in secrets_seen:
+        assert secret not in logged
+    access = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    seen = {(entry["method"], entry["route"], entry["status"]) for entry in access}
+    assert {
+        ("POST", "/api/login", 200),
+        ("POST", "/api/login", 401),
+        ("GET", "/api/me", 200),
+        ("GET", "/api/me", 401),
+        ("GET", "/api/chats", 200),
+        ("POST", "/api/logout", 200),
+    } <= seen
+    assert all(
+        set(entry) <= {"ts", "remote", "method", "route", "path", "status", "seconds", "bytes"}
+        for entry in access
+    )
+    assert all("?" not in entry.get("path", "") for entry in access)

@@ -1,0 +1,217 @@
+"""Rate limits on posting and login, the cap on open streams, in one process and across
+processes through Redis (and without Redis when it goes away)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+
+from chat_server.app import create_app
+from chat_server.limits import SWEEP_AT, LocalCounters, Rate
+from chat_server.settings import Settings
+
+from .chat_client import WAIT, AiohttpClient, ChatClient
+from .services import PrivateRedis
+from .test_scale_out import private_redis, shared_redis  # noqa: F401 - fixtures
+
+MakeClient = Callable[..., Awaitable[ChatClient]]
+# Short enough for a test to wait out, long enough that a handful of calls share one window.
+WINDOW = 1.0
+
+
+async def status_of(client: ChatClient, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with client.http.request(method, path, **kwargs) as resp:
+        return resp.status, await _refusal(resp)
+
+
+async def _refusal(resp: ClientResponse) -> Any:
+    """The body; for a 429, checked: Retry-After in whole seconds, the same in the body."""
+    body = await resp.json(content_type=None)
+    if resp.status == 429:
+        retry_after = int(resp.headers["Retry-After"])
+        assert retry_after >= 1
+        assert body["retry_after"] == retry_after
+        assert set(body) <= {"error", "retry_after", "limit"}
+        assert body["error"].startswith("too many")
+    return body
+
+
+async def post(client: ChatClient, username: str, text: str = "hola") -> int:
+    body = {"chat_id": client.store.general_id, "contenido": text, "username": username}
+    return (await status_of(client, "POST", "/api/messages", json=body))[0]
+
+
+async def until_refused(
+    attempt: Callable[[], Awaitable[int]], limit: int, passes: tuple[int, ...] = (200, 201)
+) -> int:
+    """Attempts in a row until one gets 429; how many passed before it. Calls this quick fit in
+    at most two windows, so at most 2 * limit can pass."""
+    passed = 0
+    while (status := await attempt()) != 429:
+        assert status in passes, status
+        passed += 1
+        assert passed <= 2 * limit, "never refused"
+    return passed
+
+
+async def until_accepted(attempt: Callable[[], Awaitable[int]]) -> None:
+    """Retry until the window has passed and a call goes through again (fails after WAIT)."""
+    async with asyncio.timeout(WAIT):
+        while await attempt() == 429:  # noqa: ASYNC110 - the window ends on the clock, not on an event
+            await asyncio.sleep(0.05)
+
+
+def test_fixed_windows_count_per_key_and_start_again_on_the_clock() -> None:
+    counters = LocalCounters()
+    rate = Rate(limit=2, window=10.0)
+    assert [counters.hit("a", rate, now) for now in (100.0, 101.0)] == [None, None]
+    assert counters.hit("a", rate, 109.5) == pytest.approx(0.5)  # the third in 100-110
+    assert counters.hit("b", rate, 109.5) is None  # another key counts apart
+    assert counters.hit("a", rate, 110.0) is None  # a new window
+
+
+def test_ended_windows_are_swept_so_counters_stay_bounded() -> None:
+    counters = LocalCounters()
+    rate = Rate(limit=1, window=1.0)
+    for n in range(3 * SWEEP_AT):
+        counters.hit(f"user{n}", rate, float(n // 10))  # ten keys a second, each seen once
+    assert len(counters._counts) <= SWEEP_AT
+
+
+async def test_posting_is_limited_per_user_and_recovers_after_the_window(make_client: MakeClient) -> None:
+    client = await make_client(post_limit_user=3, post_limit_address=0, rate_window=WINDOW)
+    passed = await until_refused(lambda: post(client, "ana"), 3)
+    assert 3 <= passed <= 6
+    # Another user is not held back by ana's limit.
+    assert await post(client, "beto") == 201
+    await until_accepted(lambda: post(client, "ana"))
+    assert len(await client.history(client.store.general_id)) == passed + 2
+
+
+async def test_posting_is_limited_per_address_whatever_the_username(make_client: MakeClient) -> None:
+    client = await make_client(post_limit_user=0, post_limit_address=4, rate_window=WINDOW)
+    names = iter(f"user{n}" for n in range(100))
+    passed = await until_refused(lambda: post(client, next(names)), 4)
+    assert 4 <= passed <= 8
+    await until_accepted(lambda: post(client, next(names)))
+
+
+async def test_legacy_posts_are_limited_too(make_client: MakeClient) -> None:
+    client = await make_client(post_limit_user=2, post_limit_address=0, rate_window=WINDOW)
+
+    async def send() -> int:
+        return (await status_of(client, "POST", "/api/send", json={"usuario": "zoe", "mensaje": "x"}))[0]
+
+    assert 2 <= await until_refused(send, 2) <= 4
+    await until_accepted(send)
+
+
+async def test_login_is_limited_per_user_and_per_address(make_client: MakeClient) -> None:
+    client = await make_client(
+        login_limit_user=2, login_limit_address=0, admin_password="secreto", rate_window=WINDOW
+    )
+
+    async def guess() -> int:
+        return (await status_of(client, "POST", "/api/login", json={"username": "admin", "password": "x"}))[0]
+
+    # Wrong guesses are let through (401) up to the limit, then refused before being checked.
+    assert 2 <= await until_refused(guess, 2, passes=(401,)) <= 4
+    assert (await client.login("ana", status=201))["token"]
+
+    by_address = await make_client(login_limit_user=0, login_limit_address=3, rate_window=WINDOW)
+    names = iter(f"user{n}" for n in range(100))
+
+    async def login_someone() -> int:
+        return (await status_of(by_address, "POST", "/api/login", json={"username": next(names)}))[0]
+
+    assert 3 <= await until_refused(login_someone, 3) <= 6
+    await until_accepted(login_someone)
+
+
+async def test_open_streams_are_capped_per_user_and_free_again_when_one_closes(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(max_streams_per_user=2)
+    await client.login("ana")
+    general = client.store.general_id
+    first = await client.open_stream({"username": "ana"})
+    second = await client.open_stream({"chat_id": general, "username": "ana"})
+    status, body = await status_of(client, "GET", "/api/stream", params={"username": "ana"})
+    assert status == 429
+    assert body["limit"] == 2
+    # Others, and anonymous readers of General, are not held back.
+    (await client.open_stream({"username": "admin"})).close()
+    anonymous = [await client.open_stream({"chat_id": general}) for _ in range(3)]
+    first.close()
+
+    async def open_third() -> int:
+        resp = await client.http.get("/api/stream", params={"username": "ana"})
+        resp.close()
+        return 200 if resp.status == 200 else resp.status
+
+    await until_accepted(open_third)
+    for stream in [second, *anonymous]:
+        stream.close()
+
+
+# -- across processes, through Redis ---------------------------------------------------------
+
+
+@pytest.fixture
+def make_process(settings: Settings, aiohttp_client: AiohttpClient) -> MakeClient:
+    """Another process on the same database and the given Redis, with its own settings."""
+
+    async def make(redis_url: str, **overrides: Any) -> ChatClient:
+        app = create_app(
+            Settings(database_url=settings.database_url, redis_url=redis_url, secret="s", **overrides)
+        )
+        return ChatClient(await aiohttp_client(app))
+
+    return make
+
+
+async def test_limits_hold_across_processes_sharing_redis(
+    make_process: MakeClient,
+    shared_redis: str,  # noqa: F811
+) -> None:
+    limits = {"post_limit_user": 4, "post_limit_address": 0, "max_streams_per_user": 2, "rate_window": WINDOW}
+    a, b = await make_process(shared_redis, **limits), await make_process(shared_redis, **limits)
+    turn = iter(range(100))
+    passed = await until_refused(lambda: post(a if next(turn) % 2 else b, "ana"), 4)
+    assert 4 <= passed <= 8  # one process alone would have let 4 through in each window
+    await until_accepted(lambda: post(b, "ana"))
+
+    await a.login("ana")
+    on_a = await a.open_stream({"username": "ana"})
+    on_b = await b.open_stream({"username": "ana"})
+    assert (await status_of(a, "GET", "/api/stream", params={"username": "ana"}))[0] == 429
+    on_b.close()
+
+    async def open_on_a() -> int:
+        resp = await a.http.get("/api/stream", params={"username": "ana"})
+        resp.close()
+        return resp.status
+
+    await until_accepted(open_on_a)
+    on_a.close()
+
+
+async def test_without_redis_the_limits_count_in_the_process(
+    make_process: MakeClient,
+    private_redis: PrivateRedis,  # noqa: F811
+) -> None:
+    client = await make_process(
+        private_redis.url, post_limit_user=3, post_limit_address=0, max_streams_per_user=1, rate_window=WINDOW
+    )
+    await client.login("ana")
+    private_redis.stop()
+    passed = await until_refused(lambda: post(client, "ana"), 3)
+    assert 3 <= passed <= 6
+    await until_accepted(lambda: post(client, "ana"))
+    stream = await client.open_stream({"username": "ana"})
+    assert (await status_of(client, "GET", "/api/stream", params={"username": "ana"}))[0] == 429
+    stream.close()

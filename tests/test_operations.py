@@ -1,0 +1,116 @@
+"""/healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from chat_server.errors import Unavailable
+
+from .chat_client import ChatClient
+from .services import PrivateRedis
+from .test_limits import make_process  # noqa: F401 - the fixture
+from .test_scale_out import private_redis  # noqa: F401 - the fixture
+from .waiting import eventually
+
+MakeClient = Callable[..., Awaitable[ChatClient]]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(client: ChatClient) -> Samples:
+    """Every sample of /metrics, parsed by the Prometheus client's own parser."""
+    async with client.http.get("/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await resp.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_readyz_when_store_and_broker_answer(client: ChatClient) -> None:
+    body = await client.call("GET", "/readyz", status=200)
+    assert body == {"status": "ready", "pid": os.getpid(), "store": "ok", "broker": "ok"}
+
+
+async def test_readyz_and_healthz_when_the_store_does_not_answer(
+    client: ChatClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down() -> None:
+        raise Unavailable("database unavailable")
+
+    monkeypatch.setattr(client.store, "ping", down)
+    ready = await client.call("GET", "/readyz", status=503)
+    assert ready == {"error": "not ready", "store": "unavailable", "broker": "ok"}
+    assert await client.call("GET", "/healthz", status=503) == {"error": "database unavailable"}
+
+
+async def test_readyz_when_redis_does_not_answer(
+    make_process: MakeClient,  # noqa: F811
+    private_redis: PrivateRedis,  # noqa: F811
+) -> None:
+    client = await make_process(private_redis.url)
+    await client.call("GET", "/readyz", status=200)
+    private_redis.stop()
+    ready = await client.call("GET", "/readyz", status=503)
+    assert ready == {"error": "not ready", "store": "ok", "broker": "unavailable"}
+    # The process is up and its store answers: healthy, only not ready.
+    assert (await client.call("GET", "/healthz", status=200))["status"] == "ok"
+
+
+async def test_metrics_parse_and_move_when_messages_flow(client: ChatClient) -> None:
+    general = client.store.general_id
+    before = await scrape(client)
+    for name in (
+        "chat_messages_stored_total",
+        "chat_deliveries_total",
+        "chat_slow_consumer_disconnects_total",
+        "chat_replayed_messages_total",
+        "chat_publish_to_write_seconds_count",
+    ):
+        assert value(before, name) == 0, name
+    assert value(before, "chat_open_streams") == 0
+    assert value(before, "chat_broker_healthy") == 1
+    assert value(before, "process_open_fds") > 0
+
+    stream = await client.open_stream({"chat_id": general})
+    sent = [await client.post(general, f"m{i}") for i in range(3)]
+    assert await stream.messages(3) == sent
+    during = await scrape(client)
+    assert value(during, "chat_open_streams") == 1
+    assert value(during, "chat_messages_stored_total") == 3
+    assert value(during, "chat_messages_published_total") == 3
+    assert value(during, "chat_deliveries_total") == 3
+    assert value(during, "chat_publish_to_write_seconds_count") == 3
+    assert value(during, "chat_publish_to_write_seconds_bucket", le="+Inf") == 3
+    assert value(during, "chat_publish_to_write_seconds_sum") >= 0
+    assert value(during, "chat_http_requests_total", method="POST", route="/api/messages", status="201") == 3
+    assert value(during, "chat_http_requests_total", method="GET", route="/api/stream", status="200") == 1
+    stream.close()
+
+    resumed = await client.open_stream({"chat_id": general}, {"Last-Event-ID": "0"})
+    assert await resumed.messages(3) == sent
+    resumed.close()
+    await client.call("GET", "/no/such/route", status=404)
+    await eventually(lambda: client.hub.subscriber_count == 0, "the streams are closed")
+    after = await scrape(client)
+    assert value(after, "chat_replayed_messages_total") == 3
+    assert value(after, "chat_open_streams") == 0
+    assert value(after, "chat_http_requests_total", method="GET", route="(unmatched)", status="404") == 1
+    assert value(after, "chat_http_requests_total", method="GET", route="/metrics", status="200") == 2
+
+
+async def test_each_app_keeps_its_own_metrics(make_client: MakeClient) -> None:
+    a, b = await make_client(), await make_client()
+    await a.post(a.store.general_id, "solo en a")
+    assert value(await scrape(a), "chat_messages_stored_total") == 1
+    assert value(await scrape(b), "chat_messages_stored_total") == 0

@@ -1,0 +1,224 @@
+"""Read markers and unread counts: POST /api/chats/{id}/read, `unread` in chat lists, `event: read`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from chat_server import jsonutil
+from chat_server.store.mysql import MysqlStore
+
+from .chat_client import ChatClient, Stream
+from .test_query_plans import _fill, _message_table_plans, _plans, store  # noqa: F401 - fixture
+from .test_scale_out import Make, process, shared_redis  # noqa: F401 - fixtures
+
+
+async def mark_read(
+    client: ChatClient, chat_id: int | str, username: str, last_read_id: object, status: int = 200
+) -> dict[str, Any]:
+    body: dict[str, Any] = await client.call(
+        "POST",
+        f"/api/chats/{chat_id}/read",
+        json={"last_read_id": last_read_id},
+        headers={"X-Username": username},
+        status=status,
+    )
+    return body
+
+
+async def unread_by_chat(client: ChatClient, username: str) -> dict[int, int]:
+    return {c["id"]: c["unread"] for c in await client.chats(username)}
+
+
+async def next_non_presence(stream: Stream) -> tuple[str | None, Any]:
+    """The next event that is not about presence, as (event name, data)."""
+    while True:
+        event = await stream.next_event()
+        if event.event != "presence":
+            return event.event, jsonutil.loads(event.data or "null")
+
+
+async def test_unread_counts_others_messages_after_the_marker(client: ChatClient) -> None:
+    await client.login("ana")
+    dm = await client.dm_id("ana", "admin")
+    general = client.store.general_id
+    sent = [await client.post(dm, f"hola {n}", "ana") for n in range(3)]
+    await client.post(general, "para todos", "ana")
+    await client.post(dm, "respuesta", "admin")
+
+    # Ana's own messages are not unread for her; the admin has not read anything yet.
+    assert await unread_by_chat(client, "admin") == {general: 1, dm: 3}
+    assert await unread_by_chat(client, "ana") == {general: 0, dm: 1}
+
+    marker = await mark_read(client, dm, "admin", sent[1]["id"])
+    assert marker == {"chat_id": dm, "last_read_id": sent[1]["id"], "unread": 1}
+    assert await unread_by_chat(client, "admin") == {general: 1, dm: 1}
+
+    newest = (await client.history(dm, username="admin"))[-1]["id"]
+    assert await mark_read(client, dm, "admin", newest) == {
+        "chat_id": dm,
+        "last_read_id": newest,
+        "unread": 0,
+    }
+    assert await unread_by_chat(client, "admin") == {general: 1, dm: 0}
+
+
+async def test_a_marker_only_moves_forward_and_never_past_the_newest_message(client: ChatClient) -> None:
+    await client.login("ana")
+    dm = await client.dm_id("ana", "admin")
+    ids = [(await client.post(dm, f"m{n}", "ana"))["id"] for n in range(4)]
+
+    assert (await mark_read(client, dm, "admin", ids[2]))["last_read_id"] == ids[2]
+    again = await mark_read(client, dm, "admin", ids[0])  # an older tab reporting late
+    assert again == {"chat_id": dm, "last_read_id": ids[2], "unread": 1}
+    beyond = await mark_read(client, dm, "admin", 2_000_000_000)  # a message that does not exist yet
+    assert beyond == {"chat_id": dm, "last_read_id": ids[3], "unread": 0}
+
+    later = await client.post(dm, "más tarde", "ana")
+    assert (await unread_by_chat(client, "admin"))[dm] == 1
+    assert (await mark_read(client, dm, "admin", 0))["last_read_id"] == ids[3]
+    assert (await mark_read(client, dm, "admin", later["id"]))["unread"] == 0
+
+
+async def test_concurrent_markers_keep_the_highest(client: ChatClient) -> None:
+    await client.login("ana")
+    dm = await client.dm_id("ana", "admin")
+    ids = [(await client.post(dm, f"m{n}", "ana"))["id"] for n in range(20)]
+    await asyncio.gather(*(mark_read(client, dm, "admin", i) for i in reversed(ids)))
+    assert (await mark_read(client, dm, "admin", 0))["last_read_id"] == ids[-1]
+    assert (await unread_by_chat(client, "admin"))[dm] == 0
+
+
+async def test_the_admin_inbox_counts_each_dm_on_its_own(client: ChatClient) -> None:
+    names = ("ana", "beto", "carla")
+    for name in names:
+        await client.login(name)
+    dms = {name: await client.dm_id(name, "admin") for name in names}
+    for count, name in enumerate(names, start=1):
+        for n in range(count):
+            await client.post(dms[name], f"{name} {n}", name)
+    chats = await client.chats("admin")
+    # Most recently active first, after General.
+    assert [c["id"] for c in chats[1:]] == [dms["carla"], dms["beto"], dms["ana"]]
+    assert {c["id"]: c["unread"] for c in chats[1:]} == {dms["ana"]: 1, dms["beto"]: 2, dms["carla"]: 3}
+    assert chats[0]["unread"] == 0
+
+
+async def test_a_newcomer_starts_with_general_read(client: ChatClient) -> None:
+    general = client.store.general_id
+    await client.post(general, "antes de ti", "ana")
+    await client.login("nuevo")
+    assert (await unread_by_chat(client, "nuevo"))[general] == 0
+    await client.post(general, "después", "ana")
+    assert (await unread_by_chat(client, "nuevo"))[general] == 1
+
+
+async def test_unread_is_only_in_chat_lists(client: ChatClient) -> None:
+    await client.login("ana")
+    await client.login("beto")
+    created = await client.call(
+        "POST", "/api/chats/dm", json={"username": "ana", "with_username": "beto"}, status=201
+    )
+    assert "unread" not in created["chat"]  # it differs per viewer; the list gives each their own
+    assert all("unread" in c for c in await client.chats("ana"))
+
+
+@pytest.mark.parametrize(
+    ("path_id", "body", "field"),
+    [
+        ("abc", {"last_read_id": 1}, "chat_id"),
+        ("0", {"last_read_id": 1}, "chat_id"),
+        ("-3", {"last_read_id": 1}, "chat_id"),
+        ("99999999999", {"last_read_id": 1}, "chat_id"),
+        ("GENERAL", {}, "last_read_id"),
+        ("GENERAL", {"last_read_id": None}, "last_read_id"),
+        ("GENERAL", {"last_read_id": "x"}, "last_read_id"),
+        ("GENERAL", {"last_read_id": -1}, "last_read_id"),
+        ("GENERAL", {"last_read_id": 1.5}, "last_read_id"),
+        ("GENERAL", {"last_read_id": True}, "last_read_id"),
+        ("GENERAL", {"last_read_id": 2**31}, "last_read_id"),
+    ],
+)
+async def test_bad_ids_are_400(client: ChatClient, path_id: str, body: dict[str, Any], field: str) -> None:
+    await client.login("ana")
+    chat = str(client.store.general_id) if path_id == "GENERAL" else path_id
+    answer = await client.call(
+        "POST", f"/api/chats/{chat}/read", json=body, headers={"X-Username": "ana"}, status=400
+    )
+    assert answer["field"] == field
+
+
+async def test_who_may_mark_a_chat_read(client: ChatClient) -> None:
+    await client.login("ana")
+    await client.login("beto")
+    dm = await client.dm_id("ana", "admin")
+    general = client.store.general_id
+    body = {"last_read_id": 0}
+
+    assert (await client.call("POST", f"/api/chats/{general}/read", json=body, status=401))["error"]
+    unknown = await mark_read(client, 424242, "ana", 0, status=404)
+    assert unknown == {"error": "unknown chat", "chat_id": 424242}
+    forbidden = await mark_read(client, dm, "beto", 0, status=403)
+    assert forbidden["error"] == "not a participant of this chat"
+    assert (await mark_read(client, dm, "nadie", 0, status=404))["error"] == "unknown user"
+    # General is everyone's; the token and the body's username identify the caller too.
+    token = (await client.login("beto"))["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    await client.call("POST", f"/api/chats/{general}/read", json=body, headers=auth, status=200)
+    await client.call("POST", f"/api/chats/{general}/read", json={**body, "username": "ana"}, status=200)
+
+
+async def test_the_readers_other_tabs_hear_of_it_and_nobody_else(client: ChatClient) -> None:
+    await client.login("ana")
+    dm = await client.dm_id("ana", "admin")
+    first_tab = await client.open_stream({"username": "admin"})
+    second_tab = await client.open_stream({"username": "admin"})
+    ana_stream = await client.open_stream({"username": "ana"})
+    message = await client.post(dm, "¿me lees?", "ana")
+    for stream in (first_tab, second_tab, ana_stream):
+        assert await stream.messages(1) == [message]
+
+    marker = await mark_read(client, dm, "admin", message["id"])
+    expected = {"chat_id": dm, "last_read_id": message["id"], "unread": 0}
+    assert marker == expected
+    frame = await first_tab.raw_until_blank()
+    assert frame == b"event: read\ndata: " + jsonutil.dumps(expected) + b"\n\n"  # no id: not a message
+    assert await next_non_presence(second_tab) == ("read", expected)
+
+    # A marker that does not move tells nobody; Ana never hears of the admin's markers.
+    await mark_read(client, dm, "admin", message["id"])
+    reply = await client.post(dm, "sí", "admin")
+    for stream in (first_tab, second_tab, ana_stream):
+        assert await next_non_presence(stream) == ("message", reply)
+
+
+async def test_read_events_cross_processes(process: Make, shared_redis: str) -> None:  # noqa: F811
+    a, b = await process(shared_redis), await process(shared_redis)
+    await a.login("ana")
+    dm = await a.dm_id("ana", "admin")
+    admin_on_b = await b.open_stream({"username": "admin"})
+    message = await a.post(dm, "hola", "ana")
+    assert await admin_on_b.messages(1) == [message]
+    marker = await mark_read(a, dm, "admin", message["id"])
+    assert await next_non_presence(admin_on_b) == ("read", marker)
+
+
+async def test_unread_counts_read_only_the_unread_ranges(
+    store: MysqlStore,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, chat_ids = await _fill(store, chats=20, per_chat=300)  # 6,000 messages
+    reader, _ = await store.ensure_user("lectora")
+    async with store.connection() as db:
+        newest = await db.fetchall("SELECT chat_id, MAX(id) FROM mensajes_v2 GROUP BY chat_id")
+    for chat_id, last in newest:
+        await store.mark_read(int(chat_id), reader, int(last) - 5)
+    plans = await _plans(store, monkeypatch, lambda: store.unread_counts(reader, chat_ids))
+    # About 100 unread: a range over an index (the chat index, or the primary key when the
+    # unread ranges all sit at the top of the ids), never the chats' whole history.
+    for plan in _message_table_plans(plans):
+        assert plan["type"] == "range", plan
+        assert plan["key"] in ("idx_chat_id", "PRIMARY"), plan
+        assert int(plan["rows"]) < 600, plan

@@ -172,10 +172,15 @@ class Store(abc.ABC):
                 (self.general_id, user.id),
             )
             # A newcomer starts with General read: its history is there to scroll, but not new.
+            # Read first, then insert: INSERT ... SELECT would lock the messages it reads and
+            # deadlock with concurrent message inserts.
+            row = await db.fetchone(
+                "SELECT COALESCE(MAX(id), 0) FROM mensajes_v2 WHERE chat_id = %s",  # idx_chat_id
+                (self.general_id,),
+            )
             await db.execute(
-                "INSERT IGNORE INTO chat_reads (chat_id, user_id, last_read_id) "
-                "SELECT %s, %s, COALESCE(MAX(id), 0) FROM mensajes_v2 WHERE chat_id = %s",  # idx_chat_id
-                (self.general_id, user.id, self.general_id),
+                "INSERT IGNORE INTO chat_reads (chat_id, user_id, last_read_id) VALUES (%s, %s, %s)",
+                (self.general_id, user.id, row[0] if row else 0),
             )
 
     # -- chats -------------------------------------------------------------------

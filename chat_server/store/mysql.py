@@ -14,7 +14,7 @@ import aiomysql
 import pymysql
 
 from ..errors import Unavailable
-from .base import Db, Deadlock, Row, Store
+from .base import DEADLOCK_RETRIES, Db, Deadlock, Row, Store
 from .schema_files import statements
 
 log = logging.getLogger(__name__)
@@ -66,18 +66,40 @@ class MysqlUrl:
 
 
 class _MysqlDb(Db):
-    def __init__(self, conn: aiomysql.Connection) -> None:
+    def __init__(self, conn: aiomysql.Connection, *, autocommit: bool) -> None:
         self._conn = conn
+        # A single autocommit statement chosen as a deadlock victim was rolled back whole:
+        # running it again is safe. Inside a transaction only the caller can retry.
+        self._attempts = DEADLOCK_RETRIES if autocommit else 1
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.cursor() as cur:
-            await cur.execute(sql, tuple(args) or None)
-            return list(await cur.fetchall())
+        for attempt in range(self._attempts):
+            try:
+                async with self._conn.cursor() as cur:
+                    await cur.execute(sql, tuple(args) or None)
+                    return list(await cur.fetchall())
+            except pymysql.err.OperationalError as exc:
+                _retry_or_raise(exc, attempt, self._attempts)
+        raise AssertionError("unreachable")
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> tuple[int, int]:
-        async with self._conn.cursor() as cur:
-            count = await cur.execute(sql, tuple(args) or None)
-            return count, cur.lastrowid
+        for attempt in range(self._attempts):
+            try:
+                async with self._conn.cursor() as cur:
+                    count = await cur.execute(sql, tuple(args) or None)
+                    return count, cur.lastrowid
+            except pymysql.err.OperationalError as exc:
+                _retry_or_raise(exc, attempt, self._attempts)
+        raise AssertionError("unreachable")
+
+
+def _retry_or_raise(exc: pymysql.err.OperationalError, attempt: int, attempts: int) -> None:
+    if not _is_deadlock(exc) or attempt == attempts - 1:
+        raise exc
+
+
+def _is_deadlock(exc: pymysql.err.OperationalError) -> bool:
+    return bool(exc.args) and exc.args[0] in (ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT)
 
 
 class MysqlStore(Store):
@@ -136,14 +158,14 @@ class MysqlStore(Store):
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Db]:
         async with self._acquire() as conn:
-            yield _MysqlDb(conn)
+            yield _MysqlDb(conn, autocommit=True)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Db]:
         async with self._acquire() as conn:
             await conn.begin()
             try:
-                yield _MysqlDb(conn)
+                yield _MysqlDb(conn, autocommit=False)
             except BaseException:
                 await conn.rollback()
                 raise
@@ -162,7 +184,7 @@ class MysqlStore(Store):
         try:
             yield conn
         except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] in (ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT):
+            if _is_deadlock(exc):
                 raise Deadlock("database busy, try again") from exc
             log.warning("database unavailable: %s", exc)
             raise Unavailable("database unavailable") from exc

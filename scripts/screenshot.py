@@ -21,18 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from chat_server.app import create_app  # noqa: E402
 from chat_server.settings import Settings  # noqa: E402
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 15_000
 
 # (author, chat: "general" or the user whose DM with admin it is, text)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -50,6 +51,13 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> No
 
 class PrivateServer:
     """A server process that can be stopped and started again on the same port and data."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     name = "server"
 

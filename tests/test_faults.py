@@ -25,12 +25,8 @@ REQUEST_DEADLINE = 10.0
 
 @pytest.fixture
 def mariadb(tmp_path: Path) -> Iterator[PrivateMariaDB]:
-    server = PrivateMariaDB(tmp_path)
-    server.start()
-    try:
+    with PrivateMariaDB(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

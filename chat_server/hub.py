@@ -39,12 +39,37 @@ class Event:
         object.__setattr__(self, "born", time.monotonic())
 
 
+class Coalescer:
+    """Direct writes made during one turn of the event loop go out together, one send() per
+    socket: under load, the messages released in a burst reach each stream in one syscall."""
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[Subscriber] = []
+        self._scheduled = False
+
+    def add(self, sub: Subscriber) -> None:
+        self._dirty.append(sub)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for sub in dirty:
+            sub.flush()
+
+
 class Subscriber:
     """One open stream: the chats it follows and the events waiting to be written."""
 
-    # Slots, a list made only when needed and a bare future: an idle stream costs little.
+    # Slots, lists made only when needed and a bare future: an idle stream costs little.
     __slots__ = (
         "_buffer",
+        "_coalescer",
+        "_outbox",
         "_waiter",
         "chats",
         "chunked",
@@ -57,7 +82,7 @@ class Subscriber:
         "user_id",
     )
 
-    def __init__(self, chats: Iterable[int], user_id: int | None, limit: int) -> None:
+    def __init__(self, chats: Iterable[int], user_id: int | None, limit: int, coalescer: Coalescer) -> None:
         self.chats = set(chats)
         self.user_id = user_id  # set for a per-user stream, which also gets its new chats
         self.limit = limit
@@ -72,6 +97,8 @@ class Subscriber:
         self.floor = 0
         self._buffer: list[Event] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._outbox: list[bytes] | None = None  # direct writes of this loop turn
+        self._coalescer = coalescer
 
     def push(self, event: Event) -> bool:
         if self.closed or (event.id is not None and event.id <= self.floor):
@@ -92,17 +119,32 @@ class Subscriber:
         return True
 
     def _write_direct(self, event: Event) -> bool:
-        """Write to the socket now, when caught up and the socket is not backed up."""
+        """Write to the socket (at the end of this loop turn), when caught up and the socket is
+        not backed up."""
         transport = self.transport
         if not self.direct or transport is None or self._buffer:
             return False
         if transport.is_closing():
             self.close()
             return True  # nothing more will reach this peer
+        outbox = self._outbox
+        if outbox is not None and len(outbox) >= self.limit:
+            return False
         if transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
             return False
-        transport.write(event.chunk if self.chunked else event.frame)
+        data = event.chunk if self.chunked else event.frame
+        if outbox is None:
+            self._outbox = [data]
+            self._coalescer.add(self)
+        else:
+            outbox.append(data)
         return True
+
+    def flush(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        transport = self.transport
+        if outbox and transport is not None and not transport.is_closing():
+            transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
 
     def beat(self, heartbeat: Event) -> None:
         """A heartbeat for a caught-up stream (a busy one is writing anyway)."""
@@ -147,6 +189,7 @@ class Hub:
         self._by_chat: dict[int, set[Subscriber]] = {}
         self._by_user: dict[int, set[Subscriber]] = {}
         self._all: set[Subscriber] = set()
+        self._coalescer = Coalescer()
         self._closed = False
         self.sequencer = Sequencer(self.publish)
 
@@ -155,7 +198,7 @@ class Hub:
     def subscribe(self, chats: Iterable[int], user_id: int | None = None) -> Subscription:
         """`async with hub.subscribe(...) as sub`: registered for the body of the block, and
         always unregistered after (a plain class, not a generator: thousands stay open)."""
-        return Subscription(self, Subscriber(chats, user_id, self.buffer))
+        return Subscription(self, Subscriber(chats, user_id, self.buffer, self._coalescer))
 
     def _register(self, sub: Subscriber) -> None:
         if self._closed:

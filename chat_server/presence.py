@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as redis
 from aiohttp import web
@@ -36,27 +35,25 @@ class Presence(abc.ABC):
 
     def online_while(self, user: User | None) -> contextlib.AbstractAsyncContextManager[None]:
         """Count the user online for the body of the block (a stream's life)."""
-        return _ANONYMOUS if user is None else self._online_while(user)
+        return _ANONYMOUS if user is None else _Online(self, user.id)
 
-    @asynccontextmanager
-    async def _online_while(self, user: User) -> AsyncIterator[None]:
-        count = self._local.get(user.id, 0)
-        self._local[user.id] = count + 1
+    async def _enter(self, user_id: int) -> None:
+        count = self._local.get(user_id, 0)
+        self._local[user_id] = count + 1
         if count == 0:
-            await self._first_stream(user.id)
-        try:
-            yield
-        finally:
-            count = self._local.pop(user.id) - 1
-            if count:
-                self._local[user.id] = count
-            else:
-                # Shielded: the stream's task is usually being cancelled right now. `close`
-                # waits for it, so it never outlives the store it reads.
-                leaving = asyncio.create_task(self._last_stream(user.id))
-                self._leaving.add(leaving)
-                leaving.add_done_callback(self._leaving.discard)
-                await asyncio.shield(leaving)
+            await self._first_stream(user_id)
+
+    async def _exit(self, user_id: int) -> None:
+        count = self._local.pop(user_id) - 1
+        if count:
+            self._local[user_id] = count
+            return
+        # Shielded: the stream's task is usually being cancelled right now. `close` waits
+        # for it, so it never outlives the store it reads.
+        leaving = asyncio.create_task(self._last_stream(user_id))
+        self._leaving.add(leaving)
+        leaving.add_done_callback(self._leaving.discard)
+        await asyncio.shield(leaving)
 
     @abc.abstractmethod
     async def online(self, user_ids: Iterable[int]) -> set[int]: ...
@@ -193,6 +190,22 @@ class RedisPresence(Presence):
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _Online:
+    """One stream's share of its user's presence (a plain class: thousands stay open)."""
+
+    __slots__ = ("presence", "user_id")
+
+    def __init__(self, presence: Presence, user_id: int) -> None:
+        self.presence = presence
+        self.user_id = user_id
+
+    async def __aenter__(self) -> None:
+        await self.presence._enter(self.user_id)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.presence._exit(self.user_id)
 
 
 _ANONYMOUS: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()

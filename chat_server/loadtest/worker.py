@@ -11,7 +11,6 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
-import aiohttp
 import uvloop
 
 from .config import LoadTestError, keep_error
@@ -25,6 +24,7 @@ from .protocol import (
     WorkerResult,
     relay,
 )
+from .sse_client import SseClient, open_stream
 from .wire import Receiver, StreamState
 
 # How often a worker reports its counts.
@@ -65,97 +65,67 @@ class Worker:
     async def run(self) -> WorkerResult:
         finish: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         relay(self.orders, functools.partial(_settle, finish))
-        connector = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.job.connect_timeout)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            reporter = asyncio.create_task(self.report_counts())
-            try:
-                connect_started = time.time()
-                await self.open_all(session)
-                self.reports.send(self.ready(connect_started))
-                order = await finish
-            finally:
-                reporter.cancel()
-                await asyncio.wait([reporter])
-                await self.close_all()
+        reporter = asyncio.create_task(self.report_counts())
+        try:
+            connect_started = time.time()
+            await self.open_all()
+            self.reports.send(self.ready(connect_started))
+            order = await finish
+        finally:
+            reporter.cancel()
+            await asyncio.wait([reporter])
+            await self.close_all()
         if not isinstance(order, Finish):
             raise LoadTestError("the main process went away")
         return self.result(order)
 
-    async def open_all(self, session: aiohttp.ClientSession) -> None:
+    async def open_all(self) -> None:
         specs = self.job.streams
         for start in range(0, len(specs), self.job.ramp_batch):
             batch = specs[start : start + self.job.ramp_batch]
-            await asyncio.gather(*(self.open_one(session, spec) for spec in batch))
+            await asyncio.gather(*(self.open_one(spec) for spec in batch))
 
-    async def open_one(self, session: aiohttp.ClientSession, spec: StreamSpec) -> None:
+    async def open_one(self, spec: StreamSpec) -> None:
+        stream = StreamState(spec.chat_id)
         try:
-            response = await self.connect(session, spec, last_id=None)
-        except (LoadTestError, aiohttp.ClientError, OSError, ValueError) as exc:
+            client = await self.connect(spec, stream, last_id=None)
+        except (LoadTestError, OSError, TimeoutError) as exc:
             self.failed += 1
             self.note_error(exc)
             return
-        stream = StreamState(spec.chat_id)
         self.streams.append(stream)
-        self.readers.append(asyncio.create_task(self.follow(session, spec, response, stream)))
+        self.readers.append(asyncio.create_task(self.follow(spec, client, stream)))
 
-    async def connect(
-        self, session: aiohttp.ClientSession, spec: StreamSpec, last_id: int | None
-    ) -> aiohttp.ClientResponse:
+    async def connect(self, spec: StreamSpec, stream: StreamState, last_id: int | None) -> SseClient:
         params = {"chat_id": str(spec.chat_id)}
         if spec.username is not None:
             params["username"] = spec.username
-        headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
+        stream.pending = b""
         async with asyncio.timeout(self.job.connect_timeout):
-            response = await session.get(spec.url, params=params, headers=headers)
-            try:
-                if response.status != 200:
-                    body = (await response.read())[:200].decode(errors="replace")
-                    raise LoadTestError(f"HTTP {response.status}: {body}")
-                # The preamble is written after the subscription: from here nothing is missed.
-                await response.content.readuntil(b"\n\n")
-            except BaseException:
-                response.close()
-                raise
-        return response
+            return await open_stream(spec.url, params, last_id, self.receiver, stream)
 
-    async def follow(
-        self,
-        session: aiohttp.ClientSession,
-        spec: StreamSpec,
-        response: aiohttp.ClientResponse,
-        stream: StreamState,
-    ) -> None:
-        """Read the stream; with `resume`, reconnect it whenever it ends, as EventSource does."""
-        while True:
-            await self.read(response, stream)
-            if not self.job.resume:
-                stream.ended = True  # not reached when cancelled by close_all
-                return
-            response = await self.reconnect(session, spec, stream)
+    async def follow(self, spec: StreamSpec, client: SseClient, stream: StreamState) -> None:
+        """Wait for the stream to end; with `resume`, reconnect it, as EventSource does."""
+        try:
+            while True:
+                await client.closed
+                if not self.job.resume:
+                    stream.ended = True  # not reached when cancelled by close_all
+                    return
+                client = await self.reconnect(spec, stream)
+        finally:
+            client.close()
 
-    async def reconnect(
-        self, session: aiohttp.ClientSession, spec: StreamSpec, stream: StreamState
-    ) -> aiohttp.ClientResponse:
+    async def reconnect(self, spec: StreamSpec, stream: StreamState) -> SseClient:
         while True:
             await asyncio.sleep(RETRY_SECONDS)  # EventSource's retry delay
             try:
-                response = await self.connect(session, spec, last_id=stream.last_id)
-            except (LoadTestError, aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
+                client = await self.connect(spec, stream, last_id=stream.last_id)
+            except (LoadTestError, OSError, TimeoutError) as exc:
                 self.note_error(exc)
                 continue
-            stream.pending = b""
             self.reconnects += 1
-            return response
-
-    async def read(self, response: aiohttp.ClientResponse, stream: StreamState) -> None:
-        try:
-            async for chunk in response.content.iter_any():
-                self.receiver.feed(stream, chunk, time.time_ns())
-        except (aiohttp.ClientError, OSError) as exc:
-            self.note_error(exc)
-        finally:
-            response.close()
+            return client
 
     async def close_all(self) -> None:
         for reader in self.readers:

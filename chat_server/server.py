@@ -125,6 +125,10 @@ def _supervise(settings: Settings, *, host: str, port: int, workers: int) -> Non
             os.kill(process.pid, signal.SIGTERM)
     for process in running:
         process.join(SHUTDOWN_TIMEOUT * 3)
+        if process.is_alive():  # a worker stuck in shutdown must not keep the supervisor alive
+            log.warning("worker %s did not stop; killing it", process.pid)
+            process.kill()
+            process.join()
 
 
 def _worker_main(settings: Settings, host: str, port: int) -> None:

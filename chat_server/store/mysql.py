@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,9 +19,14 @@ from .base import DEADLOCK_RETRIES, Db, Deadlock, Row, Store
 from .schema_files import statements
 
 log = logging.getLogger(__name__)
+# The server reports INSERT IGNORE's skipped duplicates and IF NOT EXISTS's existing objects as
+# warnings: expected here, and noise in a server's output.
+warnings.filterwarnings("ignore", category=pymysql.err.Warning)
 
 # A request waits this long for a pooled connection before answering 503.
 ACQUIRE_TIMEOUT = 5.0
+# At shutdown, how long connections still borrowed may take to come back.
+CLOSE_TIMEOUT = 5.0
 # Below common load-balancer idle timeouts (300 s), which drop connections silently.
 POOL_RECYCLE = 280
 # MySQL error codes of a transaction rolled back for a deadlock or a lock wait: safe to retry.
@@ -206,4 +212,10 @@ class MysqlStore(Store):
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
-            await self._pool.wait_closed()
+            try:
+                # wait_closed waits for every borrowed connection to come back: not forever.
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._pool.wait_closed()
+            except TimeoutError:
+                log.warning("database connections still in use at shutdown: closing them")
+                self._pool.terminate()

@@ -290,8 +290,8 @@ def _row(cells: list[str]) -> str:
 
 
 def _quantiles(figures: dict[str, Any] | None) -> str:
-    figures = figures or {}
-    return " / ".join(str(figures[q]) for q in ("p50", "p90", "p99", "max") if q in figures)
+    values = [(figures or {}).get(q) for q in ("p50", "p90", "p99", "max")]
+    return " / ".join(str(v) for v in values if v is not None) or "-"
 
 
 def _cells(scenario: Scenario, s: dict[str, Any]) -> list[str]:

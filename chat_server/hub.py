@@ -83,7 +83,9 @@ class Subscriber:
     )
 
     def __init__(self, chats: Iterable[int], user_id: int | None, limit: int, coalescer: Coalescer) -> None:
-        self.chats = set(chats)
+        # A per-user stream gains chats as DMs are made; a per-chat stream's chat never changes
+        # (a tuple is a fraction of a set's size, and there may be 10,000 of them).
+        self.chats: set[int] | tuple[int, ...] = set(chats) if user_id is not None else tuple(chats)
         self.user_id = user_id  # set for a per-user stream, which also gets its new chats
         self.limit = limit
         self.closed = False
@@ -260,6 +262,7 @@ class Hub:
         targets = []
         for member in chat["participants"]:
             for sub in self._by_user.get(member["id"], ()):
+                assert isinstance(sub.chats, set)  # per-user streams only
                 sub.chats.add(chat["id"])
                 self._by_chat.setdefault(chat["id"], set()).add(sub)
                 targets.append(sub)

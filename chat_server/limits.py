@@ -150,7 +150,7 @@ class StreamSlots:
 
     def hold(self, user_id: int, cap: int) -> contextlib.AbstractAsyncContextManager[None]:
         """A slot for the body of the block (a stream's life); 429 when the user has `cap` open."""
-        return contextlib.nullcontext() if cap <= 0 else _Slot(self, user_id, cap, str(next(self._names)))
+        return _UNCAPPED if cap <= 0 else _Slot(self, user_id, cap, str(next(self._names)))
 
     async def _count_with(self, user_id: int, slot: str) -> int:
         """Add the slot; the user's open streams, this one included."""
@@ -285,7 +285,7 @@ class Limits:
     def stream(self, user_id: int | None) -> contextlib.AbstractAsyncContextManager[None]:
         """A slot for a stream of the user (anonymous streams of General are not capped)."""
         if user_id is None:
-            return contextlib.nullcontext()
+            return _UNCAPPED
         return self.streams.hold(user_id, self.settings.max_streams_per_user)
 
     async def _hit(self, what: str, *limits: tuple[str, int]) -> None:
@@ -305,5 +305,8 @@ def _window_end(now: float, window: float) -> float:
 def _address(request: web.Request) -> str:
     return request.remote or "unknown"
 
+
+# Streams that no cap applies to share one do-nothing context (there may be 10,000 of them).
+_UNCAPPED: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 limits_key = web.AppKey("limits", Limits)

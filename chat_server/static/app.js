@@ -450,16 +450,7 @@
     const toMark = [];
     for (const c of list) {
       const old = state.chats.get(c.id);
-      const chat = {
-        id: c.id,
-        type: c.type,
-        name: c.name,
-        participants: c.participants || [],
-        last_message: c.last_message,
-        unread: c.unread || 0,
-        seen: c.last_message ? c.last_message.id : 0,
-        lastRead: old ? old.lastRead : 0,
-      };
+      const chat = chatFromApi(c, old ? old.lastRead : 0);
       if (old && old.seen > chat.seen) {
         // The stream brought messages after this list was read: keep what they counted.
         Object.assign(chat, { last_message: old.last_message, unread: old.unread, seen: old.seen });
@@ -475,7 +466,13 @@
 
   function addChat(c) {
     if (!c || state.chats.has(c.id)) return;
-    state.chats.set(c.id, {
+    state.chats.set(c.id, chatFromApi(c, 0));
+    renderChats();
+  }
+
+  // A chat as the page keeps it, from the API's chat object (C).
+  function chatFromApi(c, lastRead) {
+    return {
       id: c.id,
       type: c.type,
       name: c.name,
@@ -483,9 +480,8 @@
       last_message: c.last_message,
       unread: c.unread || 0,
       seen: c.last_message ? c.last_message.id : 0,
-      lastRead: 0,
-    });
-    renderChats();
+      lastRead,
+    };
   }
 
   function presence(change) {

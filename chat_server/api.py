@@ -19,14 +19,14 @@ from .auth import (
     set_login_cookie,
 )
 from .broker import broker_key
-from .errors import BadRequest, NotFound, Unavailable
+from .errors import NotFound, Unavailable
 from .jsonutil import json_response
 from .limits import limits_key
 from .models import Chat, Message
 from .presence import presence_key
 from .settings import settings_key
 from .store import DEFAULT_PAGE, MAX_PAGE, store_key
-from .validation import clean_username, int_value, optional_int, read_body, required_text
+from .validation import clean_username, int_value, optional_int, read_body, required_int, required_text
 
 # /readyz waits this long for each dependency before calling it unavailable.
 READY_TIMEOUT = 2.0
@@ -110,9 +110,7 @@ async def history_page(request: web.Request, chat: Chat) -> list[Message]:
 async def post_message(request: web.Request) -> web.Response:
     await request.app[limits_key].address_posts(request)
     body = await read_body(request)
-    if body.get("chat_id") is None:
-        raise BadRequest("chat_id is required", field="chat_id")
-    chat_id = int_value(body["chat_id"], "chat_id")
+    chat_id = required_int(body, "chat_id")
     contenido = required_text(body, "contenido", request.app[settings_key].max_message_chars)
     chat = await request.app[store_key].get_chat(chat_id)
     if chat is None:
@@ -128,9 +126,7 @@ async def mark_read(request: web.Request) -> web.Response:
     """POST /api/chats/{chat_id}/read {last_read_id}: how far the caller has read the chat."""
     chat_id = int_value(request.match_info["chat_id"], "chat_id")
     body = await read_body(request)
-    if body.get("last_read_id") is None:
-        raise BadRequest("last_read_id is required", field="last_read_id")
-    last_read_id = int_value(body["last_read_id"], "last_read_id", minimum=0)
+    last_read_id = required_int(body, "last_read_id", minimum=0)
     user = await current_user(request, body)
     chat = await request.app[store_key].get_chat(chat_id)
     if chat is None:

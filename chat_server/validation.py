@@ -74,6 +74,12 @@ def int_value(value: Any, field: str, *, minimum: int = 1, maximum: int = MAX_ID
     return number
 
 
+def required_int(body: dict[str, Any], field: str, *, minimum: int = 1) -> int:
+    if body.get(field) is None:
+        raise BadRequest(f"{field} is required", field=field)
+    return int_value(body[field], field, minimum=minimum)
+
+
 def optional_int(params: Any, field: str, *, minimum: int = 1, maximum: int = MAX_ID) -> int | None:
     value = params.get(field)
     return None if value is None else int_value(value, field, minimum=minimum, maximum=maximum)

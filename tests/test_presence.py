@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +13,7 @@ from chat_server import jsonutil
 from chat_server.app import create_app
 from chat_server.settings import Settings
 
-from .chat_client import AiohttpClient, ChatClient, Stream
+from .chat_client import WAIT, AiohttpClient, ChatClient, Stream
 from .databases import throwaway_database
 from .services import ChatServer
 from .test_scale_out import Make, process, shared_redis  # noqa: F401 - fixtures
@@ -34,7 +35,29 @@ async def online_in_admin_inbox(client: ChatClient, username: str) -> bool:
     raise AssertionError(f"{username} is not in the admin's inbox")
 
 
-async def test_opening_and_closing_streams_flips_online_and_tells_dm_partners(client: ChatClient) -> None:
+async def open_when_a_slot_frees(client: ChatClient, params: dict[str, object]) -> Stream:
+    """Open a stream as soon as the server has let go of one of the user's (429 until then)."""
+
+    async def opened() -> Stream | None:
+        response = await client.http.get("/api/stream", params=params)
+        if response.status == 429:
+            response.release()
+            return None
+        assert response.status == 200, (response.status, await response.text())
+        return Stream(response)
+
+    async with asyncio.timeout(WAIT):
+        while (stream := await opened()) is None:  # noqa: ASYNC110 - the server tells nothing else
+            await asyncio.sleep(0.01)
+    return stream
+
+
+async def test_opening_and_closing_streams_flips_online_and_tells_dm_partners(
+    make_client: Callable[..., Awaitable[ChatClient]],
+) -> None:
+    # Two streams per user at most: a third opens only once the server has ended one of them
+    # completely (its stream slot is the last thing released, after presence).
+    client = await make_client(max_streams_per_user=2)
     ana = (await client.login("ana"))["user"]
     admin_stream = await client.open_stream({"username": "admin"})
     assert not await online_in_admin_inbox(client, "ana")
@@ -45,8 +68,16 @@ async def test_opening_and_closing_streams_flips_online_and_tells_dm_partners(cl
     assert await online_in_admin_inbox(client, "admin")
 
     second = await client.open_stream({"chat_id": client.store.general_id, "username": "ana"})
-    first.close()  # still online through the second stream
+    first.close()
+    third = await open_when_a_slot_frees(client, {"chat_id": client.store.general_id, "username": "ana"})
+    # Still online through the second stream: the admin was told nothing before ana's next message.
+    assert await online_in_admin_inbox(client, "ana")
+    posted = await client.post(await client.dm_id("ana", "admin"), "sigo aquí")
+    event = await admin_stream.next_event()
+    assert (event.event, event.id) == ("message", str(posted["id"])), event
+
     second.close()
+    third.close()
     assert await next_presence(admin_stream) == {"user_id": ana["id"], "username": "ana", "online": False}
     assert not await online_in_admin_inbox(client, "ana")
 

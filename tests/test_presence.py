@@ -35,7 +35,7 @@ async def online_in_admin_inbox(client: ChatClient, username: str) -> bool:
     raise AssertionError(f"{username} is not in the admin's inbox")
 
 
-async def open_when_a_slot_frees(client: ChatClient, params: dict[str, object]) -> Stream:
+async def open_when_a_slot_frees(client: ChatClient, params: dict[str, str | int]) -> Stream:
     """Open a stream as soon as the server has let go of one of the user's (429 until then)."""
 
     async def opened() -> Stream | None:

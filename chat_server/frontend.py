@@ -1,6 +1,7 @@
 """The browser client at `/`: plain files from chat_server/static/, no build step.
 
-The files are few and named here, so a request can only ever reach one of them. They are
+The files are the ones in that folder when the server starts (the page's ES modules, its
+stylesheet and icon), so a request can only ever reach one of them. They are
 revalidated on every load (`no-cache` with an ETag), so a new version is picked up at once,
 and served with a Content-Security-Policy that allows only our own scripts: even a rendering
 mistake could not run text from a message.
@@ -15,7 +16,8 @@ from aiohttp import web
 from .errors import NotFound
 
 STATIC = Path(__file__).resolve().parent / "static"
-FILES = ("app.js", "app.css", "favicon.svg")
+# Read once: a name outside this set is a 404 without touching the file system.
+FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file() and p.name != "index.html")
 HEADERS = {
     "Cache-Control": "no-cache",
     "Content-Security-Policy": (

@@ -1,0 +1,253 @@
+// The chat list: every chat of the user with its last message, unread count and who is
+// online; which one is selected; and the read markers the page sends.
+//
+// State (this module is its only writer): `chats`, id -> chat as the page keeps it (see
+// `chatFromApi`); `selectedId`, the chat open in the conversation pane; the read markers sent
+// and pending. Invariant: a chat's `seen` is the newest message id heard of in it, from the
+// list or the stream, and never goes back.
+
+import { $, span } from "./dom.js";
+import { api } from "./api.js";
+import { emit, on } from "./events.js";
+import { handleAuth, me, currentGeneration, isCurrent } from "./session.js";
+import { when } from "./dates.js";
+
+const READ_DELAY_MS = 150; // read markers of a burst of messages go out as one request
+const RELOAD_DELAY_MS = 300; // chats heard of on the stream: one list reload for a burst
+
+const list = $("chats");
+
+let chats = new Map();
+let listLoaded = false;
+let selectedId = null;
+let readSent = new Map(); // chat id -> highest marker the server confirmed
+let readPending = new Map();
+let readTimer = null;
+let reloadTimer = null;
+
+on("logout", () => {
+  clearTimeout(readTimer);
+  clearTimeout(reloadTimer);
+  chats = new Map();
+  listLoaded = false;
+  selectedId = null;
+  readSent = new Map();
+  readPending = new Map();
+  readTimer = null;
+  reloadTimer = null;
+  list.replaceChildren();
+});
+
+// -- reading the list --------------------------------------------------------------
+
+export function get(id) {
+  return chats.get(id);
+}
+
+export function isLoaded() {
+  return listLoaded;
+}
+
+/** The newest message id in any chat: where a new stream starts. */
+export function newestSeen() {
+  let newest = 0;
+  for (const chat of chats.values()) newest = Math.max(newest, chat.seen);
+  return newest;
+}
+
+export async function load() {
+  const generation = currentGeneration();
+  const answer = await api("GET", "/api/chats");
+  if (isCurrent(generation)) applyChatList(answer.chats);
+}
+
+function reloadSoon() {
+  clearTimeout(reloadTimer);
+  reloadTimer = setTimeout(() => load().catch(handleAuth), RELOAD_DELAY_MS);
+}
+
+/** Replace the list with the server's, keeping what the stream counted since it was read. */
+function applyChatList(answer) {
+  const next = new Map();
+  const toMark = [];
+  for (const c of answer) {
+    const old = chats.get(c.id);
+    const chat = chatFromApi(c, old ? old.lastRead : 0);
+    if (old && old.seen > chat.seen) {
+      // The stream brought messages after this list was read: keep what they counted.
+      Object.assign(chat, { last_message: old.last_message, unread: old.unread, seen: old.seen });
+    }
+    if (chat.unread > 0 && isReading(chat.id)) toMark.push(chat);
+    next.set(chat.id, chat);
+  }
+  chats = next;
+  listLoaded = true;
+  for (const chat of toMark) markRead(chat.id, chat.seen);
+  render();
+}
+
+/** A new chat announced on the stream (`event: chat`). */
+export function add(c) {
+  if (!c || chats.has(c.id)) return;
+  chats.set(c.id, chatFromApi(c, 0));
+  render();
+}
+
+// A chat as the page keeps it, from the API's chat object.
+function chatFromApi(c, lastRead) {
+  return {
+    id: c.id,
+    type: c.type,
+    name: c.name,
+    participants: c.participants || [],
+    last_message: c.last_message,
+    unread: c.unread || 0,
+    seen: c.last_message ? c.last_message.id : 0,
+    lastRead,
+  };
+}
+
+/** Someone came or went (`event: presence`). */
+export function presence(change) {
+  if (!change) return;
+  for (const chat of chats.values()) {
+    for (const p of chat.participants) if (p.id === change.user_id) p.online = Boolean(change.online);
+  }
+  render();
+  emit("presence", change);
+}
+
+/** A message from the stream, a poll or our own post: counted, then announced. */
+export function receive(m) {
+  const chat = chats.get(m.chat_id);
+  if (!chat) {
+    reloadSoon(); // a chat we have not heard of yet
+    return;
+  }
+  if (m.id > chat.seen) {
+    chat.seen = m.id;
+    chat.last_message = m;
+    if (m.sender_id !== me().id && m.id > chat.lastRead) {
+      if (isReading(chat.id)) markRead(chat.id, m.id);
+      else chat.unread += 1;
+    }
+    render();
+  }
+  emit("message", { message: m, chat });
+}
+
+// -- the selected chat and read markers -----------------------------------------------
+
+export function selected() {
+  return selectedId;
+}
+
+export function select(id) {
+  selectedId = id;
+  render();
+}
+
+/** Whether the person is looking at this chat right now. */
+export function isReading(chatId) {
+  return chatId === selectedId && document.visibilityState === "visible";
+}
+
+export function markRead(chatId, id) {
+  const chat = chats.get(chatId);
+  if (chat) {
+    chat.unread = 0;
+    render();
+  }
+  if (!id || id <= (readSent.get(chatId) || 0)) return;
+  readPending.set(chatId, Math.max(id, readPending.get(chatId) || 0));
+  if (!readTimer) readTimer = setTimeout(flushReads, READ_DELAY_MS);
+}
+
+async function flushReads() {
+  readTimer = null;
+  const pending = [...readPending];
+  readPending.clear();
+  for (const [chatId, id] of pending) {
+    try {
+      const marker = await api("POST", `/api/chats/${chatId}/read`, { last_read_id: id });
+      readSent.set(chatId, Math.max(marker.last_read_id, readSent.get(chatId) || 0));
+      applyRead(marker);
+    } catch (err) {
+      if (await handleAuth(err)) return;
+      // not stored: the next message or chat list in this chat asks again
+    }
+  }
+}
+
+/** A read marker: ours, or from another tab of ours (`event: read`). */
+export function applyRead(marker) {
+  const chat = marker && chats.get(marker.chat_id);
+  if (!chat) return;
+  chat.lastRead = Math.max(chat.lastRead, marker.last_read_id);
+  if (isReading(chat.id) || marker.last_read_id >= chat.seen) chat.unread = 0;
+  else if (typeof marker.unread === "number") chat.unread = marker.unread;
+  render();
+}
+
+// -- drawing the list ------------------------------------------------------------------
+
+export function chatName(chat) {
+  if (chat.type === "general") return chat.name || "General";
+  const others = chat.participants.filter((p) => p.id !== me().id);
+  return others.length ? others.map((p) => p.username).join(", ") : chat.name || "Conversación";
+}
+
+/** The other person of a DM; null for General. */
+export function partner(chat) {
+  if (chat.type !== "dm") return null;
+  return chat.participants.find((p) => p.id !== me().id) || null;
+}
+
+function sortedChats() {
+  const rank = (c) => (c.type === "general" ? 0 : 1);
+  return [...chats.values()].sort((a, b) => rank(a) - rank(b) || b.seen - a.seen || a.id - b.id);
+}
+
+function preview(chat) {
+  const m = chat.last_message;
+  if (!m) return "Sin mensajes";
+  const who = m.sender_id === me().id ? "Tú: " : chat.type === "general" ? (m.username || "?") + ": " : "";
+  return who + m.contenido.replace(/\s+/g, " ").slice(0, 120);
+}
+
+function chatItem(chat) {
+  const name = chatName(chat);
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "chat " + chat.type + (chat.unread > 0 ? " sin-leer" : "");
+  button.dataset.chatId = String(chat.id);
+  button.setAttribute("aria-current", chat.id === selectedId ? "true" : "false");
+  const avatar = span("avatar", (Array.from(name)[0] || "?").toUpperCase());
+  const other = partner(chat);
+  if (other) {
+    const dot = span("punto" + (other.online ? " en-linea" : ""));
+    dot.title = other.online ? "En línea" : "Desconectado";
+    dot.setAttribute("aria-label", dot.title);
+    avatar.appendChild(dot);
+  }
+  button.append(
+    avatar,
+    span("nombre", name),
+    span("cuando", chat.last_message ? when(chat.last_message.timestamp) : ""),
+    span("vista", preview(chat)),
+  );
+  if (chat.unread > 0) {
+    const badge = span("insignia", chat.unread > 99 ? "99+" : String(chat.unread));
+    badge.setAttribute("aria-label", chat.unread + " sin leer");
+    button.appendChild(badge);
+  }
+  button.addEventListener("click", () => emit("open", chat.id));
+  const item = document.createElement("li");
+  item.appendChild(button);
+  return item;
+}
+
+export function render() {
+  list.replaceChildren(...sortedChats().map(chatItem));
+  emit("chats");
+}

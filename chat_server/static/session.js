@@ -1,0 +1,184 @@
+// Who is logged in: the login form, the saved session, a refused credential, "Salir".
+//
+// State: the user, and a generation bumped on every start and logout, so that late answers
+// of an earlier session are ignored (`isCurrent(generation)`). Starting the app after a login
+// belongs to app.js, which listens for "login"; the other modules drop their state on "logout".
+
+import { $ } from "./dom.js";
+import { api, ApiError, getToken, setToken } from "./api.js";
+import { emit } from "./events.js";
+
+const SESSION_KEY = "chat.sesion";
+
+const el = {
+  ingreso: $("ingreso"),
+  formIngreso: $("form-ingreso"),
+  nombre: $("nombre"),
+  campoClave: $("campo-clave"),
+  clave: $("clave"),
+  entrar: $("entrar"),
+  errorIngreso: $("error-ingreso"),
+  app: $("app"),
+  yo: $("yo"),
+  salir: $("salir"),
+};
+
+let user = null;
+let generation = 0;
+let relogging = false;
+
+/** The logged-in user ({id, username, ...}), or null. */
+export function me() {
+  return user;
+}
+
+export function currentGeneration() {
+  return generation;
+}
+
+export function isCurrent(expected) {
+  return expected === generation;
+}
+
+function adoptSession(answer) {
+  user = answer.user;
+  setToken(answer.token);
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify({ user, token: getToken() }));
+  el.yo.textContent = user.username;
+}
+
+function readSession() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
+    return saved && saved.user ? saved : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+/** On page load: the session of this tab, else a login cookie from an earlier visit. */
+export async function restore() {
+  const saved = readSession();
+  if (saved) {
+    user = saved.user;
+    setToken(saved.token);
+    return true;
+  }
+  try {
+    user = (await api("GET", "/api/me")).user;
+    return true;
+  } catch (_) {
+    return false;
+  }
+}
+
+/** A new run of the app for the current user: shows it and returns its generation. */
+export function begin() {
+  generation += 1;
+  el.ingreso.hidden = true;
+  el.app.hidden = false;
+  el.yo.textContent = user.username;
+  return generation;
+}
+
+/** Whether a login cookie identifies us (then no token needs to be kept in the page). */
+async function cookieIdentifies() {
+  try {
+    const response = await fetch("/api/me", { credentials: "same-origin", headers: { Accept: "application/json" } });
+    return response.ok;
+  } catch (_) {
+    return false;
+  }
+}
+
+/** A refused identity: log in again by name (passwordless), else back to the login form. */
+export async function handleAuth(err) {
+  if (!(err instanceof ApiError) || err.status !== 401) return false;
+  if (relogging) return true;
+  relogging = true;
+  const started = generation;
+  const username = user && user.username;
+  try {
+    if (username) {
+      // E.g. the server restarted with a new secret: a fresh token for the same name.
+      setToken(null);
+      adoptSession(await api("POST", "/api/login", { username }));
+      if (started === generation) emit("relogin");
+      return true;
+    }
+  } catch (_) {
+    // an admin password, or strict mode: the person has to log in
+  } finally {
+    relogging = false;
+  }
+  await logout(true, "Tu sesión terminó; vuelve a entrar.");
+  return true;
+}
+
+// -- login and logout ----------------------------------------------------------
+
+export function showLogin(message) {
+  el.app.hidden = true;
+  el.ingreso.hidden = false;
+  el.errorIngreso.textContent = message || "";
+  el.nombre.focus();
+}
+
+el.formIngreso.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const username = el.nombre.value.trim();
+  if (!username) {
+    el.errorIngreso.textContent = "Escribe tu nombre.";
+    return;
+  }
+  const body = { username };
+  if (!el.campoClave.hidden && el.clave.value) body.password = el.clave.value;
+  el.entrar.disabled = true;
+  el.errorIngreso.textContent = "";
+  try {
+    setToken(null);
+    const answer = await api("POST", "/api/login", body);
+    adoptSession(answer);
+    if (answer.token && (await cookieIdentifies())) {
+      // the HttpOnly cookie is enough: keep no token where scripts see it
+      adoptSession({ user: answer.user, token: null });
+    }
+    el.clave.value = "";
+    emit("login");
+  } catch (err) {
+    el.errorIngreso.textContent = loginError(err);
+    if (err instanceof ApiError && err.status === 401) {
+      el.campoClave.hidden = false;
+      el.clave.focus();
+    }
+  } finally {
+    el.entrar.disabled = false;
+  }
+});
+
+function loginError(err) {
+  if (!(err instanceof ApiError)) return "No se pudo conectar con el servidor.";
+  if (err.status === 401) return el.clave.value ? "Contraseña incorrecta." : "Este nombre necesita contraseña.";
+  if (err.status === 429) return "Demasiados intentos; espera un momento.";
+  if (err.status === 400) return "Ese nombre no es válido (máximo 100 caracteres).";
+  return "No se pudo entrar (" + err.status + ").";
+}
+
+el.salir.addEventListener("click", () => logout(false));
+
+/** End the session: every module drops its state ("logout"), then the login form shows. */
+export async function logout(local, message) {
+  generation += 1;
+  emit("logout");
+  if (!local) {
+    try {
+      await api("POST", "/api/logout");
+    } catch (_) {
+      // stateless on the server: forgetting the session here is what counts
+    }
+  }
+  sessionStorage.removeItem(SESSION_KEY);
+  user = null;
+  setToken(null);
+  showLogin(message);
+}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp_cors
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import api, frontend, legacy, metrics, openapi, service, streams
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
@@ -15,6 +16,7 @@ from .errors import error_middleware
 from .hub import Hub, hub_key
 from .limits import Limits, RateLimiter, RedisRateLimiter, RedisStreamSlots, StreamSlots, limits_key
 from .presence import LocalPresence, Presence, RedisPresence, presence_key
+from .proxies import TrustedProxies, proxy_middleware
 from .settings import Settings, settings_key
 from .store import open_store, store_key
 
@@ -25,7 +27,11 @@ CORS_HEADERS = ("Content-Type", "Authorization", "X-Username", "Last-Event-ID")
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    middlewares: list[Middleware] = [error_middleware]
+    if settings.trusted_proxies:
+        # First, so that everything after it (errors, limits, cookies) sees the client.
+        middlewares.insert(0, proxy_middleware(TrustedProxies(settings.trusted_proxies)))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[settings_key] = settings
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_hub_ctx)

@@ -13,9 +13,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
+from yarl import URL
 
 from . import service
 from .errors import Forbidden, NotFound, Unauthorized
@@ -102,9 +102,24 @@ def _refuse_foreign_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if request.method in ("GET", "HEAD", "OPTIONS") or origin is None:
         return
-    if urlsplit(origin).netloc == request.host or origin in request.app[settings_key].cors_origins:
+    if _same_origin(origin, request) or origin in request.app[settings_key].cors_origins:
         return
     raise Forbidden("the login cookie is not accepted from this origin", origin=origin)
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    """Scheme, host and port all equal (a default port written or not); behind a trusted
+    proxy the request's scheme is the client's."""
+    try:
+        theirs = URL(origin)
+        ours = URL.build(scheme=request.scheme, authority=request.host)
+        return bool(theirs.host) and (theirs.scheme, theirs.host, theirs.port) == (
+            ours.scheme,
+            ours.host,
+            ours.port,
+        )
+    except ValueError:  # not a URL at all
+        return False
 
 
 def set_login_cookie(request: web.Request, response: web.StreamResponse, token: str) -> None:

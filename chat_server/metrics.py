@@ -9,6 +9,7 @@ itself: with --workers, scrape each, or sum what the scrapes return.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -22,7 +23,9 @@ from prometheus_client.metrics_core import (
 )
 
 from .broker import RedisBroker, broker_key
+from .errors import Unauthorized
 from .hub import hub_key
+from .settings import settings_key
 from .store import store_key
 
 # Requests that matched no route share one label, so random paths cannot grow the label set.
@@ -92,9 +95,20 @@ class ChatCollector:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    _require_metrics_token(request)
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encode(request.app[metrics_key].registry)
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _require_metrics_token(request: web.Request) -> None:
+    """With CHAT_METRICS_TOKEN set, scrapes must bring it as a Bearer token (constant time)."""
+    expected = request.app[settings_key].metrics_token
+    if expected is None:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise Unauthorized("the metrics need their bearer token")
 
 
 async def _count_response(request: web.Request, response: web.StreamResponse) -> None:

@@ -18,6 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 from . import jsonutil
 from .app import create_app
 from .metrics import UNMATCHED
+from .proxies import client_address_key
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         entry: dict[str, object] = {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "remote": request.remote,
+            # Behind a trusted proxy, the client's address (the handlers saw a clone that had it).
+            "remote": request.get(client_address_key, request.remote),
             "method": request.method,
             "route": UNMATCHED,
             "status": response.status,

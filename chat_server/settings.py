@@ -11,6 +11,8 @@ from typing import Literal
 
 from aiohttp import web
 
+from .proxies import Network, parse_networks
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite:///data/chat.sqlite3"
@@ -50,6 +52,10 @@ class Settings:
     login_limit_address: int = 300
     # Open streams per user, all processes together (0: no cap). A person has a few tabs.
     max_streams_per_user: int = 32
+    # Peers whose Forwarded / X-Forwarded-For / X-Forwarded-Proto headers are believed (CIDRs).
+    trusted_proxies: tuple[Network, ...] = ()
+    # When set, GET /metrics needs it as a Bearer token.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -76,6 +82,8 @@ class Settings:
             login_limit_user=_int(env, "CHAT_LOGIN_LIMIT_USER", defaults.login_limit_user),
             login_limit_address=_int(env, "CHAT_LOGIN_LIMIT_ADDRESS", defaults.login_limit_address),
             max_streams_per_user=_int(env, "CHAT_MAX_STREAMS_PER_USER", defaults.max_streams_per_user),
+            trusted_proxies=parse_networks(env.get("CHAT_TRUSTED_PROXIES", "")),
+            metrics_token=env.get("CHAT_METRICS_TOKEN") or None,
         )
 
 

@@ -49,6 +49,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         "DATABASE_URL": f"sqlite:///{tmp_path}/chat.sqlite3",
         "CHAT_SECRET": secret,
         "CHAT_ADMIN_PASSWORD": password,
+        "CHAT_TRUSTED_PROXIES": "127.0.0.1/32",
     }
     env.pop("REDIS_URL", None)
     log = tmp_path / "server.log"
@@ -115,6 +116,7 @@ async def test_logs_hold_no_token_cookie_or_password(server: Server) -> None:
         async with session.get(f"{base}/api/stream", params={"token": tokens[1]}) as resp:
             assert resp.status == 200
             assert await resp.content.readuntil(b"\n\n") == b"retry: 3000\n\n"
+        await call("GET", "/healthz", 200, headers={"X-Forwarded-For": "198.51.100.23"})
         await call("POST", "/api/logout", 200)
 
     logged = server.stop()
@@ -135,3 +137,7 @@ async def test_logs_hold_no_token_cookie_or_password(server: Server) -> None:
         for entry in access
     )
     assert all("?" not in entry.get("path", "") for entry in access)
+    # Behind the trusted proxy (here, loopback), the client's address is logged, not the proxy's.
+    assert [e["remote"] for e in access if e["route"] == "/healthz" and e["remote"] != "127.0.0.1"] == [
+        "198.51.100.23"
+    ]

@@ -15,14 +15,24 @@ from chat_server.settings import Settings
 from .chat_client import AiohttpClient, ChatClient
 from .databases import throwaway_database
 from .openapi_check import ResponseRecorder
+from .statements import mariadb_only, recording
 
 BACKENDS = ("sqlite", "mysql")
+# A test marked so runs on a third backend as well: MariaDB, with the server in its MySQL 8
+# dialect (store/dialect.py), every statement it sends recorded and held to MySQL 8.0's syntax.
+every_dialect = pytest.mark.parametrize("database_url", [*BACKENDS, "mysql8"], indirect=True)
 
 
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/chat.sqlite3"
+    elif request.param == "mysql8":
+        with throwaway_database() as url, recording() as sent:
+            yield url + "?dialect=mysql8"
+        assert sent, "nothing recorded: the check below would pass for nothing"
+        refused = {sql: problems for sql in sent if (problems := mariadb_only(sql))}
+        assert refused == {}, "statements MySQL 8.0 would refuse"
     else:
         with throwaway_database() as url:
             yield url

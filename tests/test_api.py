@@ -9,6 +9,7 @@ import re
 import pytest
 
 from .chat_client import ChatClient
+from .conftest import every_dialect
 
 LIMA_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d-05:00$")
 
@@ -77,6 +78,7 @@ async def test_the_admin_sees_general_and_a_dm_with_every_user(client: ChatClien
     assert len(chats) == 4
 
 
+@every_dialect
 async def test_chat_list_carries_the_last_message_and_orders_dms_by_activity(client: ChatClient) -> None:
     await client.login("ana")
     await client.login("beto")
@@ -101,6 +103,7 @@ async def test_dm_creation_is_idempotent(client: ChatClient) -> None:
     assert {p["username"] for p in first["chat"]["participants"]} == {"ana", "beto"}
 
 
+@every_dialect
 async def test_twenty_concurrent_dm_creations_give_one_chat(client: ChatClient) -> None:
     await client.login("ana")
     await client.login("beto")
@@ -129,6 +132,7 @@ async def test_dm_errors(client: ChatClient) -> None:
     await client.call("POST", "/api/chats/dm", json={"with_username": "ana"}, status=401)
 
 
+@every_dialect
 async def test_post_and_list_with_emoji_and_lima_time(client: ChatClient) -> None:
     general = client.store.general_id
     text = "¡Hola, Perú! 😀🇵🇪 — ñandú 中文"
@@ -148,6 +152,7 @@ async def test_a_user_is_created_by_their_first_message(client: ChatClient) -> N
     assert [c["type"] for c in await client.chats("nuevo")] == ["general", "dm"]
 
 
+@every_dialect
 async def test_history_paging_after_before_and_limit(client: ChatClient) -> None:
     general = client.store.general_id
     ids = [(await client.post(general, f"m{i}"))["id"] for i in range(60)]

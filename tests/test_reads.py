@@ -11,6 +11,7 @@ from chat_server import jsonutil
 from chat_server.store.mysql import MysqlStore
 
 from .chat_client import ChatClient, Stream
+from .conftest import every_dialect
 from .test_query_plans import _fill, _message_table_plans, _plans, store  # noqa: F401 - fixture
 from .test_scale_out import Make, process, shared_redis  # noqa: F401 - fixtures
 
@@ -40,6 +41,7 @@ async def next_non_presence(stream: Stream) -> tuple[str | None, Any]:
             return event.event, jsonutil.loads(event.data or "null")
 
 
+@every_dialect
 async def test_unread_counts_others_messages_after_the_marker(client: ChatClient) -> None:
     await client.login("ana")
     dm = await client.dm_id("ana", "admin")
@@ -65,6 +67,7 @@ async def test_unread_counts_others_messages_after_the_marker(client: ChatClient
     assert await unread_by_chat(client, "admin") == {general: 1, dm: 0}
 
 
+@every_dialect
 async def test_a_marker_only_moves_forward_and_never_past_the_newest_message(client: ChatClient) -> None:
     await client.login("ana")
     dm = await client.dm_id("ana", "admin")

@@ -11,6 +11,7 @@ import aiohttp
 from chat_server import jsonutil
 
 from .chat_client import WAIT, ChatClient, Stream
+from .conftest import every_dialect
 from .waiting import eventually
 
 MakeClient = Callable[..., Awaitable[ChatClient]]
@@ -102,6 +103,7 @@ async def test_bad_last_event_ids_are_refused(client: ChatClient) -> None:
         )
 
 
+@every_dialect
 async def test_resume_by_header_and_by_query_while_messages_are_posted(client: ChatClient) -> None:
     general = client.store.general_id
     before = [(await client.post(general, f"antes {i}"))["id"] for i in range(30)]
@@ -150,6 +152,7 @@ async def test_reset_when_too_far_behind_then_live(make_client: MakeClient) -> N
     assert [m["id"] for m in await replayed.messages(5)] == [*ids[4:], live["id"]]
 
 
+@every_dialect
 async def test_fifty_subscribers_get_two_hundred_concurrent_posts_in_order_once(client: ChatClient) -> None:
     general = client.store.general_id
     streams = [await client.open_stream({"chat_id": general}) for _ in range(50)]

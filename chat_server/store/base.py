@@ -7,7 +7,7 @@ Handlers only see `Store` methods. Every query lives here, written once in MySQL
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,8 +18,11 @@ from aiohttp import web
 from ..errors import Unavailable
 from ..models import ADMIN_USERNAME, Chat, Message, ReadMarker, Role, User, utc_now
 from .batching import InsertBatcher
+from .dialect import RETURNING_ID
+from .schema_files import Added, added_object
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -40,6 +43,18 @@ DEADLOCK_RETRIES = 3
 
 class Deadlock(Unavailable):
     """The database rolled a transaction back to break a deadlock: running it again is safe."""
+
+
+async def retry_deadlocks(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a transaction again when the database chose it as a deadlock victim: it was rolled
+    back whole, so nothing of it is stored."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            return await work()
+        except Deadlock:
+            if attempt == DEADLOCK_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class Db(abc.ABC):
@@ -94,6 +109,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def _supports_returning(self) -> bool:
         """Whether INSERT ... RETURNING gives back the ids of a multi-row insert."""
+
+    @abc.abstractmethod
+    async def _schema_has(self, db: Db, added: Added) -> bool:
+        """Whether the database has this index or column already."""
+
+    async def _run_schema(self, db: Db, statements: Sequence[str]) -> None:
+        """Run schema statements; one that adds an index or a column only if it is missing."""
+        for sql in statements:
+            added = added_object(sql)
+            if added is None or not await self._schema_has(db, added):
+                await db.execute(sql)
 
     # -- start-up ----------------------------------------------------------------
 
@@ -305,13 +331,7 @@ class Store(abc.ABC):
         existing = await self._dm_of_pair(low, high)
         if existing is not None:
             return existing, False
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                return await self._create_dm(low, high)
-            except Deadlock:
-                if attempt == DEADLOCK_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return await retry_deadlocks(lambda: self._create_dm(low, high))
 
     async def _dm_of_pair(self, low: int, high: int) -> Chat | None:
         async with self.connection() as db:
@@ -352,30 +372,36 @@ class Store(abc.ABC):
         """Store a message; its id and time come back without a re-read. Concurrent calls share
         one INSERT where the database can return the ids of a multi-row insert."""
         moment = utc_now()
-        row = (chat_id, sender.id, contenido, _sql_time(moment))
-        if self.returning:
-            message_id = await self._batcher.insert(row)
-        else:
-            async with self.connection() as db:
-                (message_id,) = await self.insert_messages(db, [row])
+        message_id = await self._batcher.insert((chat_id, sender.id, contenido, _sql_time(moment)))
         self.messages_stored += 1
         return Message(message_id, chat_id, sender.id, sender.username, contenido, moment)
 
     async def _insert_batch(self, rows: Sequence[Row]) -> list[int]:
-        async with self.connection() as db:
-            return await self.insert_messages(db, rows)
+        """One INSERT ... RETURNING in autocommit; without RETURNING, one INSERT a row inside one
+        transaction, so the batch still costs one commit (docs/design.md, "MySQL 8")."""
+        if self.returning:
+            async with self.connection() as db:
+                return await self.insert_messages(db, rows)
+
+        async def in_one_transaction() -> list[int]:
+            async with self.transaction() as db:
+                return await self.insert_messages(db, rows)
+
+        return await retry_deadlocks(in_one_transaction)
 
     async def insert_messages(self, db: Db, rows: Sequence[Row]) -> list[int]:
         """Insert (chat_id, sender_id, contenido, time) rows in order; their new ids, in order."""
         sql = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
         if not self.returning:
+            # A single-row INSERT's id is exactly LAST_INSERT_ID() (the cursor's lastrowid) on
+            # every server; a multi-row INSERT's other ids are not promised (docs/design.md).
             ids = []
             for row in rows:
                 _, new_id = await db.execute(sql + "(%s, %s, %s, %s)", row)
                 ids.append(new_id)
             return ids
         returned = await db.fetchall(
-            sql + ", ".join(["(%s, %s, %s, %s)"] * len(rows)) + " RETURNING id",
+            sql + ", ".join(["(%s, %s, %s, %s)"] * len(rows)) + RETURNING_ID,
             [value for row in rows for value in row],
         )
         # One statement's auto-increment ids grow row by row; RETURNING's own order is not

@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiomysql
 import pymysql
 
 from ..errors import Unavailable
 from .base import DEADLOCK_RETRIES, Db, Deadlock, Row, Store
-from .schema_files import statements
+from .dialect import Dialect, detect
+from .schema_files import Added, statements
 
 log = logging.getLogger(__name__)
 # The server reports INSERT IGNORE's skipped duplicates and IF NOT EXISTS's existing objects as
@@ -42,11 +43,13 @@ class MysqlUrl:
     user: str
     password: str
     database: str
+    dialect: str | None = None  # ?dialect=mysql8 forces one (store/dialect.py); else detected
 
     @classmethod
     def parse(cls, url: str) -> MysqlUrl:
         parts = urlsplit(url)
         database = parts.path.lstrip("/")
+        forced = parse_qs(parts.query).get("dialect")
         if not database:
             raise SystemExit(f"DATABASE_URL must name a database: {parts.scheme}://host:port/<db>")
         return cls(
@@ -55,6 +58,7 @@ class MysqlUrl:
             user=unquote(parts.username or "root"),
             password=unquote(parts.password or ""),
             database=database,
+            dialect=forced[-1] if forced else None,
         )
 
     def connect_args(self) -> dict[str, Any]:
@@ -114,6 +118,7 @@ class MysqlStore(Store):
         self.url = MysqlUrl.parse(url)
         self.pool_size = pool_size
         self._pool: aiomysql.Pool | None = None
+        self.dialect: Dialect | None = None  # known once migrate() has asked the server
 
     async def migrate(self) -> None:
         await self._create_database()
@@ -125,14 +130,14 @@ class MysqlStore(Store):
             **self.url.connect_args(),
         )
         async with self.connection() as db:
+            row = await db.fetchone("SELECT VERSION()")
+            self.dialect = detect(str(row[0]) if row else "", self.url.dialect)
             # One process migrates at a time when several start together.
             await db.fetchone("SELECT GET_LOCK('chat_server.migrate', 60)")
             try:
-                for sql in statements("mysql", "schema.sql"):
-                    await db.execute(sql)
+                await self._run_schema(db, statements("mysql", "schema.sql"))
                 await self._convert_collations(db)
-                for sql in statements("mysql", "migrations.sql"):
-                    await db.execute(sql)
+                await self._run_schema(db, statements("mysql", "migrations.sql"))
             finally:
                 await db.fetchone("SELECT RELEASE_LOCK('chat_server.migrate')")
 
@@ -201,13 +206,18 @@ class MysqlStore(Store):
             self._pool.release(conn)
 
     async def _supports_returning(self) -> bool:
-        async with self.connection() as db:
-            row = await db.fetchone("SELECT VERSION()")
-        version = str(row[0]) if row else ""
-        if "mariadb" not in version.lower():
-            return False  # MySQL has no INSERT ... RETURNING
-        major, minor = (int(part) for part in version.split("-")[0].split(".")[:2])
-        return (major, minor) >= (10, 5)
+        assert self.dialect is not None, "migrate() first"
+        return self.dialect.returning
+
+    async def _schema_has(self, db: Db, added: Added) -> bool:
+        # information_schema answers the same on MariaDB and MySQL 8.
+        if added.kind == "index":
+            sql = "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+            sql += "AND TABLE_NAME = %s AND INDEX_NAME = %s LIMIT 1"
+        else:
+            sql = "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            sql += "AND TABLE_NAME = %s AND COLUMN_NAME = %s LIMIT 1"
+        return await db.fetchone(sql, (added.table, added.name)) is not None
 
     async def close(self) -> None:
         if self._pool is not None:

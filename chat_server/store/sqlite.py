@@ -13,7 +13,7 @@ from typing import Any
 import aiosqlite
 
 from .base import Db, Row, Store
-from .schema_files import statements
+from .schema_files import Added, statements
 
 
 def unikey(name: str | None) -> str | None:
@@ -62,8 +62,9 @@ class SqliteStore(Store):
         await self._conn.create_function("unikey", 1, unikey, deterministic=True)
         await self._conn.execute("PRAGMA journal_mode=WAL")
         await self._conn.execute("PRAGMA busy_timeout=5000")
-        for sql in statements("sqlite", "schema.sql"):
-            await self._conn.execute(sql)
+        # In one transaction: two processes starting on one file do not both add a column.
+        async with self.transaction() as db:
+            await self._run_schema(db, statements("sqlite", "schema.sql"))
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Db]:
@@ -85,6 +86,17 @@ class SqliteStore(Store):
 
     async def _supports_returning(self) -> bool:
         return sqlite3.sqlite_version_info >= (3, 35)
+
+    async def _schema_has(self, db: Db, added: Added) -> bool:
+        if added.kind == "index":
+            row = await db.fetchone(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = %s", (added.name,)
+            )
+        else:
+            row = await db.fetchone(
+                "SELECT 1 FROM pragma_table_info(%s) WHERE name = %s", (added.table, added.name)
+            )
+        return row is not None
 
     async def close(self) -> None:
         if self._conn is not None:

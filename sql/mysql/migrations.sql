@@ -1,4 +1,7 @@
 -- chat_server's own additions. Every seed table and column stays as it is; these only add.
+-- Add an index or a column with the plain `CREATE INDEX name ON t (...)` or
+-- `ALTER TABLE t ADD COLUMN c ...` (one per statement): the migrator runs it only when the
+-- database lacks it (chat_server/store/schema_files.py), on MariaDB and on MySQL 8 alike.
 
 -- Exactly one DM per pair of users, also under concurrent requests: the seed's tables cannot
 -- say so, this primary key can. user_low < user_high.
@@ -20,7 +23,7 @@ WHERE c.type = 'dm'
 GROUP BY LEAST(a.user_id, b.user_id), GREATEST(a.user_id, b.user_id);
 
 -- History pages, polling (after_id) and stream replay all read "chat_id = ? AND id > ?" in id order.
-CREATE INDEX IF NOT EXISTS idx_chat_id ON mensajes_v2 (chat_id, id);
+CREATE INDEX idx_chat_id ON mensajes_v2 (chat_id, id);
 
 -- How far each user has read each chat (POST /api/chats/{id}/read). A marker only moves forward;
 -- a missing row means nothing read yet. Unread counts read mensajes_v2 through idx_chat_id from it.

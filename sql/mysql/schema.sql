@@ -1,5 +1,8 @@
 -- The seed's schema (../shared/seed/chat-backend-spec.md), statement for statement, made
 -- idempotent and explicit about utf8mb4_unicode_ci. Applied at every start-up.
+-- Valid on MariaDB >= 10.6 and MySQL >= 8.0: CREATE INDEX and ADD COLUMN are written without
+-- MariaDB's IF NOT EXISTS; the migrator runs them only when the index or column is missing
+-- (chat_server/store/schema_files.py).
 
 -- Usuarios (login por nombre)
 CREATE TABLE IF NOT EXISTS usuarios (
@@ -38,8 +41,9 @@ CREATE TABLE IF NOT EXISTS mensajes_v2 (
 ) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- Chat general (semilla)
+-- FROM DUAL: MySQL 8 wants a FROM before WHERE.
 INSERT INTO chats (type, name)
-SELECT 'general','General' WHERE NOT EXISTS (SELECT 1 FROM chats WHERE type='general');
+SELECT 'general','General' FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM chats WHERE type='general');
 
 -- Esquema anterior (legacy)
 CREATE TABLE IF NOT EXISTS mensajes (
@@ -64,9 +68,9 @@ FROM mensajes
 ORDER BY timestamp DESC
 LIMIT 50;
 
-CREATE INDEX IF NOT EXISTS idx_timestamp ON mensajes(timestamp DESC);
-CREATE INDEX IF NOT EXISTS idx_usuario ON mensajes(usuario);
+CREATE INDEX idx_timestamp ON mensajes(timestamp DESC);
+CREATE INDEX idx_usuario ON mensajes(usuario);
 
 -- The seed's quick migrations, for a legacy table made before these columns existed.
-ALTER TABLE mensajes ADD COLUMN IF NOT EXISTS tipo_usuario VARCHAR(20) DEFAULT 'cliente' AFTER user_agent;
-ALTER TABLE mensajes ADD COLUMN IF NOT EXISTS destinatario VARCHAR(100) NULL AFTER tipo_usuario;
+ALTER TABLE mensajes ADD COLUMN tipo_usuario VARCHAR(20) DEFAULT 'cliente' AFTER user_agent;
+ALTER TABLE mensajes ADD COLUMN destinatario VARCHAR(100) NULL AFTER tipo_usuario;

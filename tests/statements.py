@@ -1,0 +1,79 @@
+"""The SQL the server sends, recorded, and what in it MySQL 8.0 would refuse.
+
+Recording wraps aiomysql's cursor, through which every statement of the MySQL store goes (the
+pool's and the one-off connection that creates the database); the statement text is recorded
+before parameters are bound. Patterns name MariaDB extensions that MySQL 8.0's manual does not
+have (docs/design.md, "MySQL 8 and MariaDB").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiomysql
+
+MARIADB_ONLY = {
+    "INSERT/DELETE ... RETURNING": r"\bRETURNING\b",
+    "CREATE INDEX IF NOT EXISTS": r"\bCREATE\s+(?:\w+\s+)?INDEX\s+IF\s+NOT\s+EXISTS\b",
+    "ADD ... IF NOT EXISTS": r"\bADD\s+(?:COLUMN\s+|(?:\w+\s+)?(?:INDEX|KEY)\s+)?IF\s+NOT\s+EXISTS\b",
+    "DROP INDEX/COLUMN IF EXISTS": r"\bDROP\s+(?:INDEX|KEY|COLUMN)\s+IF\s+EXISTS\b",
+    "SET STATEMENT ... FOR": r"\bSET\s+STATEMENT\b",
+    "max_statement_time": r"\bmax_statement_time\b",
+    "CREATE OR REPLACE other than a view": r"\bCREATE\s+OR\s+REPLACE\s+(?!(?:ALGORITHM\b.*?\s+)?VIEW\b)",
+    "sequences": r"\b(?:CREATE\s+SEQUENCE|NEXTVAL\s*\(|NEXT\s+VALUE\s+FOR)\b",
+    "LIMIT ROWS EXAMINED": r"\bROWS\s+EXAMINED\b",
+    "KILL QUERY ID": r"\bKILL\s+(?:HARD\s+|SOFT\s+)?QUERY\s+ID\b",
+    "EXCEPT/INTERSECT (MySQL >= 8.0.31 only)": r"\b(?:EXCEPT|INTERSECT)\b",
+    "a collation other than utf8mb4_unicode_ci": r"\bCOLLATE\s*=?\s*(?!utf8mb4_unicode_ci\b)\w+",
+    "a charset other than utf8mb4": r"\b(?:CHARACTER\s+SET|CHARSET)\s*=?\s*(?!utf8mb4\b)\w+",
+}
+_PATTERNS = {name: re.compile(pattern, re.IGNORECASE | re.DOTALL) for name, pattern in MARIADB_ONLY.items()}
+_KEYWORD = re.compile(r"\b(SELECT|FROM|WHERE)\b|[()]", re.IGNORECASE)
+
+
+def mariadb_only(sql: str) -> list[str]:
+    """The MariaDB-only forms `sql` uses, by name; empty when MySQL 8.0 accepts it."""
+    found = [name for name, pattern in _PATTERNS.items() if pattern.search(sql)]
+    if _select_where_without_from(sql):
+        found.append("SELECT ... WHERE without FROM (MySQL 8.0 wants FROM DUAL)")
+    return found
+
+
+def _select_where_without_from(sql: str) -> bool:
+    """A SELECT whose own WHERE (same parenthesis depth) comes before any FROM of its own."""
+    open_selects: list[int] = []  # depth of each SELECT still looking for its FROM
+    depth = 0
+    for match in _KEYWORD.finditer(sql):
+        token = match.group(0).upper()
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            depth -= 1
+            open_selects = [d for d in open_selects if d <= depth]
+        elif token == "SELECT":
+            open_selects.append(depth)
+        elif open_selects and open_selects[-1] == depth:
+            if token == "WHERE":
+                return True
+            open_selects.pop()  # FROM
+    return False
+
+
+@contextmanager
+def recording() -> Iterator[list[str]]:
+    """Every statement text sent through an aiomysql cursor while the block runs."""
+    seen: list[str] = []
+    execute = aiomysql.Cursor.execute
+
+    async def recorded(self: aiomysql.Cursor, query: str, args: Any = None) -> Any:
+        seen.append(query)
+        return await execute(self, query, args)
+
+    aiomysql.Cursor.execute = recorded
+    try:
+        yield seen
+    finally:
+        aiomysql.Cursor.execute = execute

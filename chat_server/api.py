@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import web
 
@@ -22,7 +23,7 @@ from .broker import broker_key
 from .errors import NotFound, Unavailable
 from .jsonutil import json_response
 from .limits import limits_key
-from .models import Chat, Message
+from .models import Chat, Message, User
 from .presence import presence_key
 from .settings import settings_key
 from .store import DEFAULT_PAGE, MAX_PAGE, store_key
@@ -39,6 +40,10 @@ async def login(request: web.Request) -> web.Response:
     username = clean_username(body.get("username", request.query.get("username")))
     user, created = await service.ensure_user(request.app, username)
     await limits.user_logins(user.id)
+    if not created:
+        # Made without a login (the server's admin account, seeded or migrated users): their
+        # General starts read at their first login, not at 99+ of history.
+        await request.app[store_key].start_reading_general(user)
     if user.is_admin:
         check_admin_password(request, body.get("password"))
     token = issue_token(request.app[settings_key].secret, user)
@@ -127,13 +132,29 @@ async def mark_read(request: web.Request) -> web.Response:
     chat_id = int_value(request.match_info["chat_id"], "chat_id")
     body = await read_body(request)
     last_read_id = required_int(body, "last_read_id", minimum=0)
+    chat, user = await member_chat(request, chat_id, body)
+    marker = await service.mark_read(request.app, chat, user, last_read_id)
+    return json_response(marker.to_json())
+
+
+async def member_chat(request: web.Request, chat_id: int, body: dict[str, Any]) -> tuple[Chat, User]:
+    """The chat and the caller, who must take part in it."""
     user = await current_user(request, body)
     chat = await request.app[store_key].get_chat(chat_id)
     if chat is None:
         raise NotFound("unknown chat", chat_id=chat_id)
     service.require_member(chat, user)
-    marker = await service.mark_read(request.app, chat, user, last_read_id)
-    return json_response(marker.to_json())
+    return chat, user
+
+
+async def typing(request: web.Request) -> web.Response:
+    """POST /api/chats/{chat_id}/typing: the caller is typing now. Not stored; a DM's partner
+    gets `event: typing` (General's many readers are not told)."""
+    chat_id = int_value(request.match_info["chat_id"], "chat_id")
+    chat, user = await member_chat(request, chat_id, await read_body(request))
+    await request.app[limits_key].user_typing(user.id)
+    announced = await service.announce_typing(request.app, chat, user)
+    return json_response({"chat_id": chat.id, "announced": announced})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -168,6 +189,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/chats", list_chats)
     app.router.add_post("/api/chats/dm", create_dm)
     app.router.add_post("/api/chats/{chat_id}/read", mark_read)
+    app.router.add_post("/api/chats/{chat_id}/typing", typing)
     app.router.add_post("/api/messages", post_message)
     # GET /api/messages belongs to the legacy module, which hands chat_id queries to list_messages.
     app.router.add_get("/healthz", healthz)

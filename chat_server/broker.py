@@ -74,7 +74,10 @@ class Broker(abc.ABC):
     async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None: ...
 
     @abc.abstractmethod
-    async def chat_read(self, user_id: int, marker: dict[str, Any]) -> None: ...
+    async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None: ...
+
+    @abc.abstractmethod
+    async def typing(self, typing: dict[str, Any], user_ids: list[int]) -> None: ...
 
     def _new_token(self) -> str:
         return f"{self.process_id}:{next(self._tokens)}"
@@ -101,8 +104,11 @@ class LocalBroker(Broker):
     async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None:
         self.hub.presence(change, chat_ids)
 
-    async def chat_read(self, user_id: int, marker: dict[str, Any]) -> None:
-        self.hub.chat_read(user_id, marker)
+    async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None:
+        self.hub.chat_read(user_id, marker, partners)
+
+    async def typing(self, typing: dict[str, Any], user_ids: list[int]) -> None:
+        self.hub.typing(typing, user_ids)
 
 
 class RedisBroker(Broker):
@@ -197,9 +203,14 @@ class RedisBroker(Broker):
         if not await self._publish({"type": "presence", "change": change, "chats": chat_ids}):
             self.hub.presence(change, chat_ids)
 
-    async def chat_read(self, user_id: int, marker: dict[str, Any]) -> None:
-        if not await self._publish({"type": "read", "user_id": user_id, "marker": marker}):
-            self.hub.chat_read(user_id, marker)
+    async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None:
+        event = {"type": "read", "user_id": user_id, "marker": marker, "partners": partners}
+        if not await self._publish(event):
+            self.hub.chat_read(user_id, marker, partners)
+
+    async def typing(self, typing: dict[str, Any], user_ids: list[int]) -> None:
+        if not await self._publish({"type": "typing", "typing": typing, "users": user_ids}):
+            self.hub.typing(typing, user_ids)
 
     async def _publish(self, event: dict[str, Any]) -> bool:
         try:
@@ -262,7 +273,10 @@ class RedisBroker(Broker):
         elif kind == "presence":
             self.hub.presence(event["change"], event["chats"])
         elif kind == "read":
-            self.hub.chat_read(event["user_id"], event["marker"])
+            # No "partners" from a process of the previous version (a rolling restart).
+            self.hub.chat_read(event["user_id"], event["marker"], event.get("partners", ()))
+        elif kind == "typing":
+            self.hub.typing(event["typing"], event["users"])
         elif kind == "resync":
             await self._resync()
         elif not self.healthy:

@@ -279,9 +279,20 @@ class Hub:
         }
         self._fan_out(targets, event)
 
-    def chat_read(self, user_id: int, marker: dict[str, Any]) -> None:
-        """The user moved a read marker: their own per-user streams (their other tabs) are told."""
-        self._fan_out(self._by_user.get(user_id, ()), Event(None, encode_event("read", marker)))
+    def chat_read(self, user_id: int, marker: dict[str, Any], partners: Iterable[int]) -> None:
+        """The user moved a read marker: their own per-user streams (their other tabs) get it with
+        their unread count; `partners` (a DM's other participant) get how far they read."""
+        own = {**marker, "user_id": user_id}
+        self._fan_out(self._by_user.get(user_id, ()), Event(None, encode_event("read", own)))
+        seen = {"chat_id": marker["chat_id"], "user_id": user_id, "last_read_id": marker["last_read_id"]}
+        self._to_users(partners, Event(None, encode_event("read", seen)))
+
+    def typing(self, typing: dict[str, Any], user_ids: Iterable[int]) -> None:
+        """Someone is typing: these users' per-user streams are told (never stored or replayed)."""
+        self._to_users(user_ids, Event(None, encode_event("typing", typing)))
+
+    def _to_users(self, user_ids: Iterable[int], event: Event) -> None:
+        self._fan_out([sub for uid in user_ids for sub in self._by_user.get(uid, ())], event)
 
     def _fan_out(self, subscribers: Iterable[Subscriber], event: Event) -> None:
         delivered = queued = 0

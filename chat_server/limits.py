@@ -276,6 +276,9 @@ class Limits:
     async def user_posts(self, user_id: int) -> None:
         await self._hit("messages", (f"post:user:{user_id}", self.settings.post_limit_user))
 
+    async def user_typing(self, user_id: int) -> None:
+        await self._hit("typing notices", (f"typing:user:{user_id}", self.settings.typing_limit_user))
+
     async def address_logins(self, request: web.Request) -> None:
         await self._hit("logins", (f"login:addr:{_address(request)}", self.settings.login_limit_address))
 

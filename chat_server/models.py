@@ -89,6 +89,8 @@ class Chat:
     last_message: Message | None = field(default=None, compare=False)
     # The viewer's unread count, known only in a chat list (it differs per viewer).
     unread: int | None = field(default=None, compare=False)
+    # In chat lists, a DM's participants' read markers (user id -> last_read_id): "Visto".
+    reads: dict[int, int] | None = field(default=None, compare=False)
 
     @property
     def is_general(self) -> bool:
@@ -103,12 +105,18 @@ class Chat:
             "id": self.id,
             "type": self.type,
             "name": self.name,
-            "participants": [p.brief(online) for p in self.participants],
+            "participants": [self._participant(p, online) for p in self.participants],
             "last_message": self.last_message.to_json() if self.last_message else None,
         }
         if self.unread is not None:
             chat["unread"] = self.unread
         return chat
+
+    def _participant(self, user: User, online: set[int] | None) -> dict[str, Any]:
+        brief = user.brief(online)
+        if self.reads is not None:
+            brief["last_read_id"] = self.reads.get(user.id, 0)
+        return brief
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ _shielded: set[asyncio.Task[Any]] = set()
 async def ensure_user(app: web.Application, username: str) -> tuple[User, bool]:
     """The user by name, created on first use together with their DM with admin."""
     user, created = await app[store_key].ensure_user(username)
+    if created:
+        await app[store_key].start_reading_general(user)
     if created and not user.is_admin:
         admin = await app[store_key].get_user(username=ADMIN_USERNAME)
         if admin is not None:
@@ -57,10 +59,25 @@ async def mark_read(app: web.Application, chat: Chat, user: User, last_read_id: 
     async def store_and_publish() -> ReadMarker:
         marker, moved = await app[store_key].mark_read(chat.id, user, last_read_id)
         if moved:
-            await app[broker_key].chat_read(user.id, marker.to_json())
+            await app[broker_key].chat_read(user.id, marker.to_json(), partners(chat, user))
         return marker
 
     return await _shield(store_and_publish())
+
+
+async def announce_typing(app: web.Application, chat: Chat, user: User) -> bool:
+    """Tell a DM's partner that the user is typing; whether anyone was to be told."""
+    others = partners(chat, user)
+    if others:
+        typing = {"chat_id": chat.id, "user_id": user.id, "username": user.username}
+        await app[broker_key].typing(typing, others)
+    return bool(others)
+
+
+def partners(chat: Chat, user: User) -> list[int]:
+    """Who hears of the user's typing and read markers in the chat: a DM's other participant.
+    Nobody in General, which is everyone: each event would cost O(users) (as with presence)."""
+    return [] if chat.is_general else [p.id for p in chat.participants if p.id != user.id]
 
 
 async def announce_presence(app: web.Application, user_id: int, online: bool) -> None:

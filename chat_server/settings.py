@@ -50,6 +50,8 @@ class Settings:
     post_limit_address: int = 3000
     login_limit_user: int = 10
     login_limit_address: int = 300
+    # The page says "typing" at most every 3 s (20 a minute): room for a few tabs, not a flood.
+    typing_limit_user: int = 60
     # Open streams per user, all processes together (0: no cap). A person has a few tabs.
     max_streams_per_user: int = 32
     # Peers whose Forwarded / X-Forwarded-For / X-Forwarded-Proto headers are believed (CIDRs).
@@ -81,6 +83,7 @@ class Settings:
             post_limit_address=_int(env, "CHAT_POST_LIMIT_ADDRESS", defaults.post_limit_address),
             login_limit_user=_int(env, "CHAT_LOGIN_LIMIT_USER", defaults.login_limit_user),
             login_limit_address=_int(env, "CHAT_LOGIN_LIMIT_ADDRESS", defaults.login_limit_address),
+            typing_limit_user=_int(env, "CHAT_TYPING_LIMIT_USER", defaults.typing_limit_user),
             max_streams_per_user=_int(env, "CHAT_MAX_STREAMS_PER_USER", defaults.max_streams_per_user),
             trusted_proxies=parse_networks(env.get("CHAT_TRUSTED_PROXIES", "")),
             metrics_token=env.get("CHAT_METRICS_TOKEN") or None,

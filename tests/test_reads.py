@@ -118,6 +118,26 @@ async def test_a_newcomer_starts_with_general_read(client: ChatClient) -> None:
     assert (await unread_by_chat(client, "nuevo"))[general] == 1
 
 
+async def test_accounts_made_without_a_login_start_with_general_read_at_their_first(
+    client: ChatClient,
+) -> None:
+    general = client.store.general_id
+    for n in range(3):
+        await client.post(general, f"antes {n}", "ana")
+    # The server made the admin's account at start-up, before any of this: no marker yet.
+    assert (await unread_by_chat(client, "admin"))[general] == 3
+    await client.login("admin")
+    assert (await unread_by_chat(client, "admin"))[general] == 0
+    await client.post(general, "después", "ana")
+    await client.login("admin")  # a later login moves nothing
+    assert (await unread_by_chat(client, "admin"))[general] == 1
+    # An account made by its first post got its marker then: a login later moves nothing.
+    await client.post(general, "hola", "carla")
+    await client.post(general, "para carla", "ana")
+    await client.login("carla")
+    assert (await unread_by_chat(client, "carla"))[general] == 1
+
+
 async def test_unread_is_only_in_chat_lists(client: ChatClient) -> None:
     await client.login("ana")
     await client.login("beto")
@@ -173,39 +193,79 @@ async def test_who_may_mark_a_chat_read(client: ChatClient) -> None:
     await client.call("POST", f"/api/chats/{general}/read", json={**body, "username": "ana"}, status=200)
 
 
-async def test_the_readers_other_tabs_hear_of_it_and_nobody_else(client: ChatClient) -> None:
+async def test_the_readers_other_tabs_and_dm_partner_hear_of_it_and_nobody_else(client: ChatClient) -> None:
+    admin = (await client.login("admin"))["user"]
     await client.login("ana")
+    await client.login("beto")
     dm = await client.dm_id("ana", "admin")
     first_tab = await client.open_stream({"username": "admin"})
     second_tab = await client.open_stream({"username": "admin"})
     ana_stream = await client.open_stream({"username": "ana"})
+    beto_stream = await client.open_stream({"username": "beto"})
     message = await client.post(dm, "¿me lees?", "ana")
     for stream in (first_tab, second_tab, ana_stream):
         assert await stream.messages(1) == [message]
 
     marker = await mark_read(client, dm, "admin", message["id"])
-    expected = {"chat_id": dm, "last_read_id": message["id"], "unread": 0}
-    assert marker == expected
+    assert marker == {"chat_id": dm, "last_read_id": message["id"], "unread": 0}
+    # The reader's tabs get the marker with their unread count; the partner, how far they read.
+    expected = {**marker, "user_id": admin["id"]}
     frame = await first_tab.raw_until_blank()
     assert frame == b"event: read\ndata: " + jsonutil.dumps(expected) + b"\n\n"  # no id: not a message
     assert await next_non_presence(second_tab) == ("read", expected)
+    seen = {"chat_id": dm, "user_id": admin["id"], "last_read_id": message["id"]}
+    assert await next_non_presence(ana_stream) == ("read", seen)
 
-    # A marker that does not move tells nobody; Ana never hears of the admin's markers.
+    # A marker that does not move tells nobody; nor does one in General (everyone's: O(users));
+    # Beto, outside the DM, hears of none.
     await mark_read(client, dm, "admin", message["id"])
+    general = await client.post(client.store.general_id, "para todos", "ana")
+    await mark_read(client, client.store.general_id, "ana", general["id"])
     reply = await client.post(dm, "sí", "admin")
-    for stream in (first_tab, second_tab, ana_stream):
+    for stream in (first_tab, second_tab):
+        assert await next_non_presence(stream) == ("message", general)
         assert await next_non_presence(stream) == ("message", reply)
+    assert await next_non_presence(ana_stream) == ("message", general)
+    assert (await next_non_presence(ana_stream))[0] == "read"  # her own marker in General
+    assert await next_non_presence(ana_stream) == ("message", reply)
+    last = await client.post(client.store.general_id, "fin", "admin")
+    assert await next_non_presence(beto_stream) == ("message", general)
+    assert await next_non_presence(beto_stream) == ("message", last)
+
+
+async def test_chat_lists_carry_each_dm_participants_read_marker(client: ChatClient) -> None:
+    await client.login("ana")
+    await client.login("beto")
+    dm = await client.dm_id("ana", "admin")
+    sent = [await client.post(dm, f"hola {n}", "ana") for n in range(2)]
+    await mark_read(client, dm, "admin", sent[0]["id"])
+
+    def markers(chats: list[dict[str, Any]]) -> dict[str, int]:
+        (chat,) = [c for c in chats if c["id"] == dm]
+        return {p["username"]: p["last_read_id"] for p in chat["participants"]}
+
+    assert markers(await client.chats("ana")) == {"ana": 0, "admin": sent[0]["id"]}
+    await mark_read(client, dm, "ana", sent[1]["id"])
+    assert markers(await client.chats("admin")) == {"admin": sent[0]["id"], "ana": sent[1]["id"]}
+    # Only lists carry them: a chat object elsewhere (a new DM) has none.
+    created = await client.call("POST", "/api/chats/dm", json={"username": "ana", "with_username": "beto"})
+    assert all("last_read_id" not in p for p in created["chat"]["participants"])
 
 
 async def test_read_events_cross_processes(process: Make, shared_redis: str) -> None:  # noqa: F811
     a, b = await process(shared_redis), await process(shared_redis)
+    admin = (await a.login("admin"))["user"]
     await a.login("ana")
     dm = await a.dm_id("ana", "admin")
     admin_on_b = await b.open_stream({"username": "admin"})
+    ana_on_b = await b.open_stream({"username": "ana"})
     message = await a.post(dm, "hola", "ana")
     assert await admin_on_b.messages(1) == [message]
+    assert await ana_on_b.messages(1) == [message]
     marker = await mark_read(a, dm, "admin", message["id"])
-    assert await next_non_presence(admin_on_b) == ("read", marker)
+    assert await next_non_presence(admin_on_b) == ("read", {**marker, "user_id": admin["id"]})
+    seen = {"chat_id": dm, "user_id": admin["id"], "last_read_id": message["id"]}
+    assert await next_non_presence(ana_on_b) == ("read", seen)
 
 
 async def test_unread_counts_read_only_the_unread_ranges(

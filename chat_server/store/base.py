@@ -197,7 +197,16 @@ class Store(abc.ABC):
                 "INSERT IGNORE INTO chat_participants (chat_id, user_id) VALUES (%s, %s)",
                 (self.general_id, user.id),
             )
-            # A newcomer starts with General read: its history is there to scroll, but not new.
+
+    async def start_reading_general(self, user: User) -> None:
+        """Unless the user has one, a read marker in General at its newest message: a person
+        arriving starts with General read (its history is there to scroll, but not new)."""
+        async with self.connection() as db:
+            if await db.fetchone(
+                "SELECT 1 FROM chat_reads WHERE chat_id = %s AND user_id = %s",  # primary key
+                (self.general_id, user.id),
+            ):
+                return
             # Read first, then insert: INSERT ... SELECT would lock the messages it reads and
             # deadlock with concurrent message inserts.
             row = await db.fetchone(
@@ -243,7 +252,24 @@ class Store(abc.ABC):
         dms.sort(key=lambda c: (-(c.last_message.id if c.last_message else 0), c.id))
         chats = [general, *dms]
         unread = await self.unread_counts(user, [c.id for c in chats])
-        return [replace(c, unread=unread.get(c.id, 0)) for c in chats]
+        reads = await self.dm_read_markers([c.id for c in dms])
+        return [replace(c, unread=unread.get(c.id, 0), reads=reads.get(c.id, {})) for c in chats]
+
+    async def dm_read_markers(self, chat_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+        """Per DM, its participants' read markers (user id -> last_read_id): two rows a DM."""
+        if not chat_ids:
+            return {}
+        marks = ", ".join(["%s"] * len(chat_ids))
+        async with self.connection() as db:
+            rows = await db.fetchall(
+                # The primary key (chat_id, user_id) answers it.
+                f"SELECT chat_id, user_id, last_read_id FROM chat_reads WHERE chat_id IN ({marks})",
+                list(chat_ids),
+            )
+        reads: dict[int, dict[int, int]] = {}
+        for chat_id, user_id, last in rows:
+            reads.setdefault(int(chat_id), {})[int(user_id)] = int(last)
+        return reads
 
     async def unread_counts(self, user: User, chat_ids: Sequence[int]) -> dict[int, int]:
         """Per chat, the messages of others after the user's read marker: two queries in all."""

@@ -179,14 +179,26 @@ async function flushReads() {
   }
 }
 
-/** A read marker: ours, or from another tab of ours (`event: read`). */
+/** A read marker: ours, from another tab of ours, or a DM partner's (`event: read`). */
 export function applyRead(marker) {
   const chat = marker && chats.get(marker.chat_id);
   if (!chat) return;
+  if (marker.user_id !== undefined && marker.user_id !== me().id) {
+    partnerRead(chat, marker);
+    return;
+  }
   chat.lastRead = Math.max(chat.lastRead, marker.last_read_id);
   if (isReading(chat.id) || marker.last_read_id >= chat.seen) chat.unread = 0;
   else if (typeof marker.unread === "number") chat.unread = marker.unread;
   render();
+}
+
+/** How far a DM's partner has read: kept on the participant, as chat lists give it. */
+function partnerRead(chat, marker) {
+  const other = chat.participants.find((p) => p.id === marker.user_id);
+  if (!other || (other.last_read_id || 0) >= marker.last_read_id) return;
+  other.last_read_id = marker.last_read_id;
+  emit("seen", chat);
 }
 
 // -- drawing the list ------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //   "open"      chat id: the person picked a chat in the list
 //   "message"   {message, chat}: a message, counted in the chat list, for whoever shows it
 //   "presence"  {user_id, online}: someone came or went
+//   "seen"      chat: the DM partner read further
 //   "chats"     the chat list was redrawn
 
 const target = new EventTarget();

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 
 from . import api, frontend, legacy, metrics, openapi, service, streams
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
+from .edge import decode_headers
 from .errors import error_middleware
 from .hub import Hub, hub_key
 from .limits import Limits, RateLimiter, RedisRateLimiter, RedisStreamSlots, StreamSlots, limits_key
@@ -27,7 +28,7 @@ CORS_HEADERS = ("Content-Type", "Authorization", "X-Username", "Last-Event-ID")
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
-    middlewares: list[Middleware] = [error_middleware]
+    middlewares: list[Middleware] = [error_middleware, decode_headers]
     if settings.trusted_proxies:
         # First, so that everything after it (errors, limits, cookies) sees the client.
         middlewares.insert(0, proxy_middleware(TrustedProxies(settings.trusted_proxies)))

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .jsonutil import json_response
 
@@ -72,6 +73,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # Routing 404/405 and aiohttp's 413 get the same envelope as our own errors.
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response({"error": exc.reason}, status=exc.status, headers=headers)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        # A body that is not what its headers say (a Content-Encoding that lies, a broken
+        # multipart part header): the request is at fault, whatever aiohttp calls it.
+        log.info("unreadable request body in %s %s: %r", request.method, request.path, exc)
+        return json_response({"error": "the request body cannot be read"}, status=400)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_response({"error": "internal server error"}, status=500)

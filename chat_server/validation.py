@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 import unicodedata
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -14,13 +17,32 @@ from .errors import BadRequest
 MAX_USERNAME_CHARS = 100
 # Ids are INT columns in the seed's schema.
 MAX_ID = 2**31 - 1
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+URLENCODED = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+# An integer as text: ASCII digits only (int() also takes ' 5', '+5', '1_000' and
+# Arabic-Indic digits), at most
+# one minus sign, and few enough digits that int() never meets its 4300-digit limit.
+INTEGER = re.compile(r"-?[0-9]{1,18}")
+# What aiohttp decodes (br through the Brotli package); it passes any other coding through
+# as it is, and a body in a coding nobody decoded must not be read as if it were plain.
+READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate", "br"})
+# More fields than any route reads, by far: a body of a million empty fields is refused early.
+MAX_FORM_FIELDS = 100
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
-    """A JSON object or a form-encoded body as a dict; an empty body is {}."""
-    if request.content_type in FORM_TYPES:
-        return dict(await request.post())
+    """A JSON object or a form-encoded body as a dict; an empty body is {}. A body that cannot
+    be decoded (an unknown charset, bytes that are not in it, a broken multipart) is a 400."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in READABLE_ENCODINGS:
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
+    if request.content_type == URLENCODED:
+        return _urlencoded(await request.read(), request.charset or "utf-8")
+    if request.content_type == MULTIPART:
+        try:
+            return dict(await request.post())
+        except (ValueError, LookupError):  # UnicodeDecodeError is a ValueError
+            raise BadRequest("malformed multipart body") from None
     raw = await request.read()
     if not raw.strip():
         return {}
@@ -31,6 +53,22 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object")
     return body
+
+
+def _urlencoded(raw: bytes, charset: str) -> dict[str, Any]:
+    """Strictly decoded: aiohttp's own parser puts U+FFFD where bytes are not in the charset,
+    which would then be stored as if the client had sent it."""
+    try:
+        codecs.lookup(charset)
+        text = raw.decode(charset)
+        pairs = parse_qsl(
+            text, keep_blank_values=True, encoding=charset, errors="strict", max_num_fields=MAX_FORM_FIELDS
+        )
+    except LookupError:
+        raise BadRequest(f"unknown charset {charset!r}") from None
+    except ValueError:  # UnicodeDecodeError, or too many fields
+        raise BadRequest(f"the form body is not valid {charset}") from None
+    return dict(pairs)
 
 
 def clean_username(value: Any, field: str = "username") -> str:
@@ -64,10 +102,9 @@ def int_value(value: Any, field: str, *, minimum: int = 1, maximum: int = MAX_ID
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise BadRequest(f"{field} must be an integer", field=field)
     if isinstance(value, str):
-        text = value.strip()
-        if not text.lstrip("-").isdigit() or not text.isascii():
+        if not INTEGER.fullmatch(value):
             raise BadRequest(f"{field} must be an integer", field=field)
-        value = int(text)
+        value = int(value)
     number: int = value
     if not minimum <= number <= maximum:
         raise BadRequest(f"{field} must be between {minimum} and {maximum}", field=field)

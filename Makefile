@@ -1,17 +1,19 @@
 # Every target sets up what it needs: a virtual environment with the project installed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Running needs only the runtime dependencies; tests and lint add their extras on top.
+RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint fmt bench clean migrate-legacy
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	mkdir -p data && $(PY) run.py
 
 test: $(STAMP)
 	scripts/ensure-chromium && $(PY) -m pytest $(PYTEST_ARGS)
 
-migrate-legacy: $(STAMP)
+migrate-legacy: $(RUN_STAMP)
 	$(PY) -m chat_server migrate-legacy
 
 lint: $(STAMP)
@@ -26,8 +28,11 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis artifacts
 
-$(STAMP): setup.cfg pyproject.toml
+$(RUN_STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
 	touch $(STAMP)

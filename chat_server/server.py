@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import resource
 import signal
+import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 
-import uvloop
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from . import jsonutil
 from .app import create_app
+from .eventloop import new_event_loop
 from .metrics import UNMATCHED
 from .proxies import client_address_key
 from .settings import Settings
+from .supervisor import Supervisor, tell_ready
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +76,27 @@ def raise_open_file_limit() -> int:
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
-    """Serve in this process, or in `workers` processes sharing the port (SO_REUSEPORT)."""
+    """Serve in this process, or in `workers` supervised processes sharing the port."""
     if workers > 1:
         if not settings.redis_url:
             raise SystemExit("--workers above 1 needs REDIS_URL: workers share their streams through Redis")
-        _supervise(settings, host=host, port=port, workers=workers)
+        supervisor = Supervisor(
+            _worker_main, (settings,), host=host, port=port, workers=workers, backlog=LISTEN_BACKLOG
+        )
+        supervisor.run()
     else:
-        _serve_one(settings, host=host, port=port, reuse_port=False)
+        _serve_one(settings, host=host, port=port)
 
 
-def _serve_one(settings: Settings, *, host: str, port: int, reuse_port: bool) -> None:
+def _serve_one(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve on host:port, or on a socket the supervisor listens on; on_ready once serving."""
     configure_access_log()
     # Thousands of open streams are hundreds of thousands of long-lived objects: with the
     # default thresholds the collector keeps walking them, and a walk in the middle of a
@@ -91,55 +104,33 @@ def _serve_one(settings: Settings, *, host: str, port: int, reuse_port: bool) ->
     gc.set_threshold(*GC_THRESHOLDS)
     limit = raise_open_file_limit()
     log.info("pid %d: open-file limit %d, room for about %d streams", os.getpid(), limit, limit - 100)
+
+    def running(banner: str) -> None:
+        # run_app prints its banner once the app has started and every site listens.
+        if on_ready is None:
+            print(banner)
+        else:
+            on_ready()
+
     web.run_app(
         create_app(settings),
         host=host,
         port=port,
-        reuse_port=reuse_port,
+        sock=sock,
         # Cancel a handler as soon as its client goes away: the same as under test.
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         backlog=LISTEN_BACKLOG,
-        loop=uvloop.new_event_loop(),
+        loop=new_event_loop(),
         access_log_class=AccessLogger,
+        print=running,
     )
 
 
-def _supervise(settings: Settings, *, host: str, port: int, workers: int) -> None:
-    """Run the workers; start a new one in place of any that dies, until told to stop."""
-    context = multiprocessing.get_context("spawn")
-    stopping = False
-
-    def start() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker_main, args=(settings, host, port), daemon=False)
-        process.start()
-        return process
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    running = [start() for _ in range(workers)]
-    log.info("%d workers on %s:%d: %s", workers, host, port, [p.pid for p in running])
-    while not stopping:
-        multiprocessing.connection.wait([p.sentinel for p in running], timeout=1.0)
-        for i, process in enumerate(running):
-            if not process.is_alive() and not stopping:
-                log.warning("worker %s exited with %s; starting another", process.pid, process.exitcode)
-                running[i] = start()
-    for process in running:
-        if process.pid is not None and process.is_alive():
-            os.kill(process.pid, signal.SIGTERM)
-    for process in running:
-        process.join(SHUTDOWN_TIMEOUT * 3)
-        if process.is_alive():  # a worker stuck in shutdown must not keep the supervisor alive
-            log.warning("worker %s did not stop; killing it", process.pid)
-            process.kill()
-            process.join()
-
-
-def _worker_main(settings: Settings, host: str, port: int) -> None:
+def _worker_main(ready: Connection, sock: socket.socket, settings: Settings) -> None:
+    """A supervised worker (a fresh interpreter): serve on the slot's socket, then say so."""
+    # SIGHUP is the supervisor's (a rolling restart); a hangup sent to the whole process group
+    # (a closed terminal) must not take every worker down at once.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _serve_one(settings, host=host, port=port, reuse_port=True)
+    _serve_one(settings, sock=sock, on_ready=lambda: tell_ready(ready))

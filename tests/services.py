@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -146,9 +147,14 @@ class ChatServer:
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    @property
+    def log_path(self) -> Path:
+        """Everything the server printed: its log lines and access log."""
+        return self.folder / f"server-{self.port}.log"
+
+    def start(self, *, wait: bool = True) -> None:
         root = Path(__file__).resolve().parent.parent
-        with (self.folder / f"server-{self.port}.log").open("ab") as log:
+        with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "run.py", "--port", str(self.port), *self.args],
                 cwd=root,
@@ -156,7 +162,18 @@ class ChatServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
+
+    def wait_for_log(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        """The first `count` matches of `pattern` in the log, once they are there."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            matches = list(re.finditer(pattern, self.log_path.read_text(errors="replace")))
+            if len(matches) >= count:
+                return matches[:count]
+            time.sleep(0.05)  # another process's log file: nothing to wait on but its content
+        raise RuntimeError(f"{pattern!r} did not appear {count} times in {self.log_path}")
 
     def wait_ready(self) -> int:
         """The pid that answered /healthz once the server answers (on a fresh connection)."""

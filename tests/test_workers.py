@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,18 +14,30 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chat_server.loadtest import NO_LIMITS
+from chat_server.supervisor import Backoff
+
 from .chat_client import Follower
 from .databases import throwaway_database
 from .services import ChatServer, free_port
 from .test_scale_out import shared_redis  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
+CRASH = (
+    r"worker (?P<slot>\d+) pid (?P<pid>\d+) exited with (?P<code>-?\d+) after [\d.]+ s;"
+    r" restart (?P<restart>\d+) in (?P<delay>[\d.]+) s"
+)
+SUPERVISOR_EVENT = re.compile(r"worker (\d+) pid (\d+) (started|ready|stopping|stopped)")
+ROLL_PIDS = re.compile(r"rolling restart: (?:begin|done) \(pids \[([\d, ]+)\]\)")
+# Attempts at a post whose connection breaks before an answer (a worker stopping as it arrives).
+RETRIES = 5
 
 
 @pytest.fixture
 def workers(tmp_path: Path, shared_redis: str) -> Iterator[ChatServer]:  # noqa: F811
     with throwaway_database() as url:
-        server = ChatServer(tmp_path, {"DATABASE_URL": url, "REDIS_URL": shared_redis}, "--workers", "2")
+        env = {"DATABASE_URL": url, "REDIS_URL": shared_redis, **NO_LIMITS}
+        server = ChatServer(tmp_path, env, "--workers", "2")
         server.start()
         try:
             yield server
@@ -61,3 +76,111 @@ def test_more_than_one_worker_without_redis_is_refused() -> None:
     )
     assert done.returncode != 0
     assert "needs REDIS_URL" in done.stderr
+
+
+def test_backoff_doubles_up_to_its_cap_and_starts_over_after_a_stable_run() -> None:
+    backoff = Backoff(base=0.25, cap=2.0, stable=60.0)
+    assert [backoff.after_crash(uptime=1.0) for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert backoff.after_crash(uptime=60.0) == 0.25  # it had served a minute: a fresh failure
+    assert backoff.after_crash(uptime=59.0) == 0.5
+    assert [backoff.after_crash(uptime=0.0) for _ in range(2000)][-1] == 2.0  # no overflow
+
+
+def test_a_worker_that_keeps_crashing_is_restarted_with_growing_delays(
+    tmp_path: Path,
+    shared_redis: str,  # noqa: F811
+) -> None:
+    # Its database is a file under /dev/null: every worker fails at start.
+    env = {"DATABASE_URL": "sqlite:////dev/null/chat.sqlite3", "REDIS_URL": shared_redis}
+    server = ChatServer(tmp_path, env, "--workers", "2")
+    server.start(wait=False)
+    try:
+        crashes = server.wait_for_log(CRASH, count=8)
+        assert server.process is not None
+        assert server.process.poll() is None  # the supervisor itself keeps running
+    finally:
+        assert server.stop() == 0
+    for slot in ("0", "1"):
+        records = [m for m in crashes if m["slot"] == slot]
+        assert [int(m["restart"]) for m in records] == list(range(1, len(records) + 1))
+        delays = [float(m["delay"]) for m in records]
+        assert delays == sorted(delays)
+        assert len(delays) >= 3
+        assert delays[-1] >= 4 * delays[0]
+        assert all(m["code"] == "1" for m in records)
+        assert len({m["pid"] for m in records}) == len(records)  # a new process each time
+
+
+async def _post(session: aiohttp.ClientSession, base: str, text: str) -> int | None:
+    """Post, retrying while the connection breaks before an answer (a worker stopping as it
+    arrives); the id answered 201."""
+    for _ in range(RETRIES):
+        try:
+            body = {"chat_id": 1, "contenido": text, "username": "ana"}
+            async with session.post(f"{base}/api/messages", json=body) as resp:
+                assert resp.status == 201, (resp.status, await resp.text())
+                return int((await resp.json())["message"]["id"])
+        except aiohttp.ClientConnectionError:
+            continue
+    return None
+
+
+async def _history(session: aiohttp.ClientSession, base: str) -> list[int]:
+    """Every id stored in General, oldest first: the truth the streams must match."""
+    ids: list[int] = []
+    while True:
+        params = {"chat_id": 1, "after_id": ids[-1] if ids else 0, "limit": 200}
+        async with session.get(f"{base}/api/messages", params=params) as resp:
+            page = [int(m["id"]) for m in (await resp.json())["messages"]]
+        if not page:
+            return ids
+        ids += page
+
+
+async def test_sighup_replaces_workers_one_at_a_time_and_streams_lose_nothing(
+    workers: ChatServer,
+) -> None:
+    assert workers.process is not None
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
+        followers = [Follower(session, f"{workers.base}/api/stream", {"chat_id": 1}) for _ in range(20)]
+        for follower in followers:
+            await follower.start()
+        posted: list[int | None] = []
+        restarted = asyncio.Event()
+
+        async def post_until_restarted() -> None:
+            while not restarted.is_set() or len(posted) < 40:
+                posted.append(await _post(session, workers.base, f"m{len(posted)}"))
+
+        posting = asyncio.create_task(post_until_restarted())
+        await followers[0].wait_for(5)  # posting is under way
+        os.kill(workers.process.pid, signal.SIGHUP)
+        await asyncio.to_thread(workers.wait_for_log, "rolling restart: done")
+        restarted.set()
+        await asyncio.wait_for(posting, 60)
+        stored = await _history(session, workers.base)
+        for follower in followers:
+            await follower.wait_for(len(stored))
+            await follower.stop()
+
+    accepted = [i for i in posted if i is not None]
+    assert set(accepted) <= set(stored)
+    assert len(stored) >= 40
+    for follower in followers:
+        assert follower.ids == stored  # every message once, in order, across the reconnect
+        assert follower.connects >= 2  # every worker was replaced: every stream came back
+    _assert_replaced_one_at_a_time(workers.log_path.read_text())
+
+
+def _assert_replaced_one_at_a_time(log: str) -> None:
+    """From the supervisor's records: each old worker was stopped only after its replacement said
+    it was ready, and the next replacement started only after the previous old worker exited."""
+    begin = log.index("rolling restart: begin")
+    events = SUPERVISOR_EVENT.findall(log[begin : log.index("rolling restart: done")])
+    old_pids, new_pids = (pids.split(", ") for pids in ROLL_PIDS.findall(log[begin:])[:2])
+    assert not set(old_pids) & set(new_pids)
+    expected: list[tuple[str, str, str]] = []
+    for slot, (old, new) in enumerate(zip(old_pids, new_pids, strict=True)):
+        expected += [(str(slot), new, "started"), (str(slot), new, "ready")]
+        expected += [(str(slot), old, "stopping"), (str(slot), old, "stopped")]
+    assert events == expected

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 
 import aiohttp
 import orjson
-import uvloop
 
+from ..eventloop import new_event_loop
 from .config import Config, LoadTestError, parse_args
 from .pool import WorkerPool
 from .report import RunRecord, exit_code, sample_server, summarize
@@ -106,5 +106,5 @@ async def cli(argv: Sequence[str] | None = None, out: TextIO | None = None, err:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raise_open_file_limit()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(cli(argv))

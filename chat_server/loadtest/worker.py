@@ -11,8 +11,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
-import uvloop
-
+from ..eventloop import new_event_loop
 from .config import LoadTestError, keep_error
 from .protocol import (
     Finish,
@@ -39,7 +38,7 @@ def worker_main(job: WorkerJob, orders: Connection, reports: Connection) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     raise_open_file_limit()
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             reports.send(runner.run(Worker(job, orders, reports).run()))
     except Exception:
         with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ from .auth import (
 from .broker import broker_key
 from .errors import NotFound, Unavailable
 from .jsonutil import json_response
+from .keeper import keeper_key
 from .limits import limits_key
 from .models import Chat, Message, User
 from .presence import presence_key
@@ -164,12 +165,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: the store and the broker (Redis, when used) both answer."""
+    """Ready for traffic: the store and the broker (Redis, when used) both answer, and no
+    background task is down (waiting to be restarted after a failure)."""
     store, broker = request.app[store_key], request.app[broker_key]
     store_ok, broker_ok = await asyncio.gather(_answers(store.ping()), _answers(broker.ping()))
-    state = {"store": "ok" if store_ok else "unavailable", "broker": "ok" if broker_ok else "unavailable"}
-    if not (store_ok and broker_ok):
-        raise Unavailable("not ready", **state)
+    down = sorted(request.app[keeper_key].down)
+    state = {
+        "store": "ok" if store_ok else "unavailable",
+        "broker": "ok" if broker_ok else "unavailable",
+        "tasks": "unavailable" if down else "ok",
+    }
+    if not (store_ok and broker_ok) or down:
+        raise Unavailable("not ready", **state, **({"down": down} if down else {}))
     return json_response({"status": "ready", "pid": os.getpid(), **state})
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
@@ -15,6 +13,7 @@ from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
 from .edge import decode_headers
 from .errors import error_middleware
 from .hub import Hub, hub_key
+from .keeper import Keeper, keeper_key
 from .limits import Limits, RateLimiter, RedisRateLimiter, RedisStreamSlots, StreamSlots, limits_key
 from .presence import LocalPresence, Presence, RedisPresence, presence_key
 from .proxies import TrustedProxies, proxy_middleware
@@ -34,6 +33,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         middlewares.insert(0, proxy_middleware(TrustedProxies(settings.trusted_proxies)))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[settings_key] = settings
+    app.cleanup_ctx.append(_keeper_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.cleanup_ctx.append(_broker_ctx)
@@ -48,6 +48,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     metrics.setup(app)
     _setup_cors(app, settings)
     return app
+
+
+async def _keeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    # First in, last out: every owner stops its own tasks before its resources close.
+    keeper = app[keeper_key] = Keeper()
+    yield
+    await keeper.close()
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -65,11 +72,10 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     # Streams replay from the database up to the newest message the hub has released.
     hub.sequencer.reset(await app[store_key].latest_message_id())
     app[hub_key] = hub
-    beats = asyncio.create_task(hub.beat_forever(app[settings_key].heartbeat_seconds), name="heartbeats")
+    keeper, interval = app[keeper_key], app[settings_key].heartbeat_seconds
+    keeper.spawn("heartbeats", lambda: hub.beat_forever(interval))
     yield
-    beats.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await beats
+    await keeper.stop("heartbeats")
     hub.close()
 
 
@@ -100,7 +106,7 @@ async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
         presence = RedisPresence(announce, broker.redis, broker.channel, broker.process_id, ttl)
     else:
         presence = LocalPresence(announce)
-    await presence.start()
+    await presence.start(app[keeper_key])
     app[presence_key] = presence
     yield
     await presence.close()
@@ -116,7 +122,7 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
         slots = RedisStreamSlots(broker.redis, broker.channel, broker.process_id, settings.presence_ttl)
     else:
         rates, slots = RateLimiter(), StreamSlots()
-    await slots.start()
+    await slots.start(app[keeper_key])
     app[limits_key] = Limits(settings, rates, slots)
     yield
     await slots.close()

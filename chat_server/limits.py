@@ -23,6 +23,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from .errors import TooManyRequests
+from .keeper import Keeper
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class StreamSlots:
             if not slots:
                 del self._local[user_id]
 
-    async def start(self) -> None:
+    async def start(self, keeper: Keeper) -> None:
         pass
 
     async def close(self) -> None:
@@ -201,7 +202,7 @@ class RedisStreamSlots(StreamSlots):
         self.process_id = process_id
         self.ttl = ttl
         self.guard = RedisGuard("stream cap")
-        self._task: asyncio.Task[None] | None = None
+        self._keeper: Keeper | None = None
 
     def _key(self, user_id: int) -> str:
         return f"{self.namespace}:streams:{user_id}"
@@ -237,14 +238,13 @@ class RedisStreamSlots(StreamSlots):
             async with asyncio.timeout(REDIS_TIMEOUT):
                 await self.redis.zrem(self._key(user_id), self._member(slot))
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_forever(), name="stream-slots-refresh")
+    async def start(self, keeper: Keeper) -> None:
+        self._keeper = keeper
+        keeper.spawn("stream-slots-refresh", self._refresh_forever)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._keeper is not None:
+            await self._keeper.stop("stream-slots-refresh")
 
     async def _refresh_forever(self) -> None:
         """Push back the expiry of this process's open streams, well before it comes."""

@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import (
 from .broker import RedisBroker, broker_key
 from .errors import Unauthorized
 from .hub import hub_key
+from .keeper import Keeper, keeper_key
 from .settings import settings_key
 from .store import store_key
 
@@ -92,6 +93,21 @@ class ChatCollector:
         yield GaugeMetricFamily(
             "chat_broker_healthy", "1 while fan-out goes through the broker, 0 while degraded", healthy
         )
+        yield from _task_metrics(self.app[keeper_key])
+
+
+def _task_metrics(keeper: Keeper) -> Iterator[Metric]:
+    restarts = CounterMetricFamily(
+        "chat_background_task_restarts",
+        "Background tasks started again after they failed, by task",
+        labels=["task"],
+    )
+    for name, count in sorted(keeper.restarts.items()):
+        restarts.add_metric([name], count)
+    yield restarts
+    yield GaugeMetricFamily(
+        "chat_background_tasks_down", "Background tasks failed and waiting to be restarted", len(keeper.down)
+    )
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ import redis.asyncio as redis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from .keeper import Keeper
 from .models import User
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Presence(abc.ABC):
     @abc.abstractmethod
     async def _last_stream(self, user_id: int) -> None: ...
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self, keeper: Keeper) -> None:  # noqa: B027 - optional hook
         pass
 
     async def close(self) -> None:
@@ -92,7 +93,7 @@ class RedisPresence(Presence):
         self.namespace = namespace
         self.process_id = process_id
         self.ttl = ttl
-        self._task: asyncio.Task[None] | None = None
+        self._keeper: Keeper | None = None
 
     def _key(self, user_id: int) -> str:
         return f"{self.namespace}:presence:{user_id}"
@@ -102,15 +103,14 @@ class RedisPresence(Presence):
         """Every (user, process) entry with its expiry, for sweeping."""
         return f"{self.namespace}:presence"
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_forever(), name="presence-refresh")
+    async def start(self, keeper: Keeper) -> None:
+        self._keeper = keeper
+        keeper.spawn("presence-refresh", self._refresh_forever)
 
     async def close(self) -> None:
         await super().close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._keeper is not None:
+            await self._keeper.stop("presence-refresh")
         with contextlib.suppress(RedisError, OSError):
             for user_id in list(self._local):
                 await self._leave(user_id)

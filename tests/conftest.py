@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +13,10 @@ from chat_server.app import create_app
 from chat_server.settings import Settings
 
 from .chat_client import AiohttpClient, ChatClient
-from .databases import throwaway_database
+from .databases import PORT, throwaway_database
 from .openapi_check import ResponseRecorder
 from .statements import mariadb_only, recording
+from .tcp_proxy import TcpProxy
 
 BACKENDS = ("sqlite", "mysql")
 # A test marked so runs on a third backend as well: MariaDB, with the server in its MySQL 8
@@ -72,3 +73,12 @@ def make_client(
 @pytest.fixture
 async def client(make_client: Callable[..., Awaitable[ChatClient]]) -> ChatClient:
     return await make_client()
+
+
+@pytest.fixture
+async def proxied_mysql() -> AsyncIterator[tuple[str, TcpProxy]]:
+    """A throwaway MariaDB database reached through a proxy the test can stall: the URL, the
+    proxy. (Ask for it before `aiohttp_client`, so that the apps are closed before it.)"""
+    with throwaway_database() as url:
+        async with TcpProxy(PORT) as proxy:
+            yield url.replace(f":{PORT}/", f":{proxy.port}/"), proxy

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chat_server.errors import Unavailable
+from chat_server.app import create_app
+from chat_server.keeper import keeper_key
+from chat_server.settings import Settings
 
-from .chat_client import ChatClient
+from .chat_client import WAIT, AiohttpClient, ChatClient
 from .services import PrivateRedis
+from .tcp_proxy import TcpProxy
 from .test_limits import make_process  # noqa: F401 - the fixture
 from .test_scale_out import private_redis  # noqa: F401 - the fixture
 from .waiting import eventually
@@ -39,19 +42,23 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 async def test_readyz_when_store_and_broker_answer(client: ChatClient) -> None:
     body = await client.call("GET", "/readyz", status=200)
-    assert body == {"status": "ready", "pid": os.getpid(), "store": "ok", "broker": "ok"}
+    assert body == {"status": "ready", "pid": os.getpid(), "store": "ok", "broker": "ok", "tasks": "ok"}
 
 
 async def test_readyz_and_healthz_when_the_store_does_not_answer(
-    client: ChatClient, monkeypatch: pytest.MonkeyPatch
+    proxied_mysql: tuple[str, TcpProxy], aiohttp_client: AiohttpClient
 ) -> None:
-    async def down() -> None:
-        raise Unavailable("database unavailable")
-
-    monkeypatch.setattr(client.store, "ping", down)
-    ready = await client.call("GET", "/readyz", status=503)
-    assert ready == {"error": "not ready", "store": "unavailable", "broker": "ok"}
-    assert await client.call("GET", "/healthz", status=503) == {"error": "database unavailable"}
+    url, proxy = proxied_mysql
+    client = ChatClient(await aiohttp_client(create_app(Settings(database_url=url, secret="s"))))
+    await readyz_until(client, 200)
+    proxy.stall()
+    async with asyncio.timeout(WAIT):  # a silent database is a 503 within seconds, not a hang
+        ready = await client.call("GET", "/readyz", status=503)
+        assert ready == {"error": "not ready", "store": "unavailable", "broker": "ok", "tasks": "ok"}
+        assert await client.call("GET", "/healthz", status=503) == {"error": "database unavailable"}
+    proxy.resume()
+    await readyz_until(client, 200)  # recovered by itself
+    assert (await client.call("GET", "/healthz", status=200))["status"] == "ok"
 
 
 async def test_readyz_when_redis_does_not_answer(
@@ -62,7 +69,7 @@ async def test_readyz_when_redis_does_not_answer(
     await client.call("GET", "/readyz", status=200)
     private_redis.stop()
     ready = await client.call("GET", "/readyz", status=503)
-    assert ready == {"error": "not ready", "store": "ok", "broker": "unavailable"}
+    assert ready == {"error": "not ready", "store": "ok", "broker": "unavailable", "tasks": "ok"}
     # The process is up and its store answers: healthy, only not ready.
     assert (await client.call("GET", "/healthz", status=200))["status"] == "ok"
 
@@ -114,3 +121,50 @@ async def test_each_app_keeps_its_own_metrics(make_client: MakeClient) -> None:
     await a.post(a.store.general_id, "solo en a")
     assert value(await scrape(a), "chat_messages_stored_total") == 1
     assert value(await scrape(b), "chat_messages_stored_total") == 0
+
+
+async def readyz_until(client: ChatClient, status: int) -> dict[str, object]:
+    """/readyz asked again and again until it answers `status` (fails after WAIT seconds)."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            async with client.http.get("/readyz") as resp:
+                if resp.status == status:
+                    body: dict[str, object] = await resp.json()
+                    return body
+
+
+async def test_a_failed_background_task_is_restarted_and_counted_and_not_ready_meanwhile(
+    client: ChatClient,
+) -> None:
+    keeper = client.app[keeper_key]
+    assert keeper.running("heartbeats")
+    # Long enough to be seen down; short enough to wait out.
+    keeper.first_delay = 1.0
+    crash, restarted = asyncio.Event(), asyncio.Event()
+
+    async def flaky() -> None:
+        if not crash.is_set():
+            crash.set()
+            raise RuntimeError("the first run fails")
+        restarted.set()
+        await asyncio.Event().wait()  # runs until stopped
+
+    await readyz_until(client, 200)
+    keeper.spawn("flaky", flaky)
+    down = await readyz_until(client, 503)
+    assert down == {
+        "error": "not ready",
+        "store": "ok",
+        "broker": "ok",
+        "tasks": "unavailable",
+        "down": ["flaky"],
+    }
+    assert value(await scrape(client), "chat_background_tasks_down") == 1
+    await asyncio.wait_for(restarted.wait(), WAIT)
+    assert (await readyz_until(client, 200))["tasks"] == "ok"
+    samples = await scrape(client)
+    assert value(samples, "chat_background_task_restarts_total", task="flaky") == 1
+    assert value(samples, "chat_background_tasks_down") == 0
+    assert keeper.running("flaky")
+    await keeper.stop("flaky")
+    assert not keeper.running("flaky")

@@ -15,7 +15,7 @@ import aiomysql
 import pymysql
 
 from ..errors import Unavailable
-from .base import DEADLOCK_RETRIES, Db, Deadlock, Row, Store
+from .base import DEADLOCK_RETRIES, Db, Deadlock, Refused, Row, Store
 from .dialect import Dialect, detect
 from .schema_files import Added, statements
 
@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 # warnings: expected here, and noise in a server's output.
 warnings.filterwarnings("ignore", category=pymysql.err.Warning)
 
-# A request waits this long for a pooled connection before answering 503.
-ACQUIRE_TIMEOUT = 5.0
+# A request waits this long for a pooled connection, and each statement this long for its
+# answer, before answering 503: a silent connection (a network stall, a frozen host) otherwise
+# waits for TCP keepalive, hours. A statement that times out closes its connection.
+ACQUIRE_TIMEOUT = 2.0
+QUERY_TIMEOUT = 2.0
 # At shutdown, how long connections still borrowed may take to come back.
 CLOSE_TIMEOUT = 5.0
 # Below common load-balancer idle timeouts (300 s), which drop connections silently.
@@ -76,16 +79,17 @@ class MysqlUrl:
 
 
 class _MysqlDb(Db):
-    def __init__(self, conn: aiomysql.Connection, *, autocommit: bool) -> None:
+    def __init__(self, conn: aiomysql.Connection, *, autocommit: bool, timeout: float | None) -> None:
         self._conn = conn
         # A single autocommit statement chosen as a deadlock victim was rolled back whole:
         # running it again is safe. Inside a transaction only the caller can retry.
         self._attempts = DEADLOCK_RETRIES if autocommit else 1
+        self._timeout = timeout
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         for attempt in range(self._attempts):
             try:
-                async with self._conn.cursor() as cur:
+                async with asyncio.timeout(self._timeout), self._conn.cursor() as cur:
                     await cur.execute(sql, tuple(args) or None)
                     return list(await cur.fetchall())
             except pymysql.err.OperationalError as exc:
@@ -95,7 +99,7 @@ class _MysqlDb(Db):
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> tuple[int, int]:
         for attempt in range(self._attempts):
             try:
-                async with self._conn.cursor() as cur:
+                async with asyncio.timeout(self._timeout), self._conn.cursor() as cur:
                     count = await cur.execute(sql, tuple(args) or None)
                     return count, cur.lastrowid
             except pymysql.err.OperationalError as exc:
@@ -110,6 +114,24 @@ def _retry_or_raise(exc: pymysql.err.OperationalError, attempt: int, attempts: i
 
 def _is_deadlock(exc: pymysql.err.OperationalError) -> bool:
     return bool(exc.args) and exc.args[0] in (ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT)
+
+
+def _answered_by_server(exc: BaseException) -> bool:
+    """The server refused the statement and the connection is in step (not lost, not timed out)."""
+    if isinstance(exc, pymysql.err.OperationalError):
+        return _is_deadlock(exc)
+    return isinstance(exc, pymysql.err.IntegrityError | pymysql.err.DataError | pymysql.err.ProgrammingError)
+
+
+def _raise_as_api_error(exc: BaseException) -> None:
+    """Database failures as the API's errors: a deadlock, an unavailable server, a refused value."""
+    if isinstance(exc, pymysql.err.OperationalError) and _is_deadlock(exc):
+        raise Deadlock("database busy, try again") from exc
+    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError | OSError):
+        log.warning("database unavailable: %r", exc)
+        raise Unavailable("database unavailable") from exc
+    if isinstance(exc, pymysql.err.IntegrityError | pymysql.err.DataError):
+        raise Refused("the database refused this value") from exc
 
 
 class MysqlStore(Store):
@@ -129,7 +151,9 @@ class MysqlStore(Store):
             pool_recycle=POOL_RECYCLE,
             **self.url.connect_args(),
         )
-        async with self.connection() as db:
+        # Schema changes may take long on big tables: no statement time limit here.
+        async with self._acquire() as conn:
+            db = _MysqlDb(conn, autocommit=True, timeout=None)
             row = await db.fetchone("SELECT VERSION()")
             self.dialect = detect(str(row[0]) if row else "", self.url.dialect)
             # One process migrates at a time when several start together.
@@ -169,22 +193,31 @@ class MysqlStore(Store):
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Db]:
         async with self._acquire() as conn:
-            yield _MysqlDb(conn, autocommit=True)
+            yield _MysqlDb(conn, autocommit=True, timeout=QUERY_TIMEOUT)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Db]:
         async with self._acquire() as conn:
-            await conn.begin()
+            async with asyncio.timeout(QUERY_TIMEOUT):
+                await conn.begin()
             try:
-                yield _MysqlDb(conn, autocommit=False)
-            except BaseException:
-                await conn.rollback()
+                yield _MysqlDb(conn, autocommit=False, timeout=QUERY_TIMEOUT)
+            except BaseException as exc:
+                # Any other failure closes the connection (below), which rolls the transaction back.
+                if _answered_by_server(exc):
+                    async with asyncio.timeout(QUERY_TIMEOUT):
+                        await conn.rollback()
                 raise
-            await conn.commit()
+            async with asyncio.timeout(QUERY_TIMEOUT):
+                await conn.commit()
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[aiomysql.Connection]:
-        """A pooled connection; an unreachable or exhausted database becomes a 503."""
+        """A pooled connection; an unreachable, exhausted or silent database becomes a 503.
+
+        A connection whose statement failed for any reason but the server's own answer (a
+        timeout, a cancellation, a broken socket) is in an unknown state: it is closed, never
+        returned to the pool. (A write on it may still commit: its outcome is unknown.)"""
         assert self._pool is not None, "start() first"
         try:
             async with asyncio.timeout(ACQUIRE_TIMEOUT):
@@ -194,14 +227,11 @@ class MysqlStore(Store):
             raise Unavailable("database unavailable") from exc
         try:
             yield conn
-        except pymysql.err.OperationalError as exc:
-            if _is_deadlock(exc):
-                raise Deadlock("database busy, try again") from exc
-            log.warning("database unavailable: %s", exc)
-            raise Unavailable("database unavailable") from exc
-        except (OSError, pymysql.err.InterfaceError) as exc:
-            log.warning("database unavailable: %s", exc)
-            raise Unavailable("database unavailable") from exc
+        except BaseException as exc:
+            if not _answered_by_server(exc):
+                conn.close()
+            _raise_as_api_error(exc)
+            raise
         finally:
             self._pool.release(conn)
 

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
-from ..errors import Unavailable
+from ..errors import BadRequest, Unavailable
 from ..models import ADMIN_USERNAME, Chat, Message, ReadMarker, Role, User, utc_now
 from .batching import InsertBatcher
 from .dialect import RETURNING_ID
@@ -57,6 +57,11 @@ async def retry_deadlocks(work: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+class Refused(BadRequest):
+    """The database refused a statement for its values (a constraint, a value too long for its
+    column): nothing of it was stored, and only the request that sent those values fails."""
+
+
 class Db(abc.ABC):
     """One connection, borrowed for one operation or one transaction."""
 
@@ -86,7 +91,9 @@ class Store(abc.ABC):
         self._users_by_name: BoundedCache[str, User] = BoundedCache()
         self._chats: BoundedCache[int, Chat] = BoundedCache()
         self.returning = False
-        self._batcher = InsertBatcher(self._insert_batch)
+        # A batch refused for its values, or rolled back whole as a deadlock victim, stored
+        # nothing: its rows are tried again one by one.
+        self._batcher = InsertBatcher(self._batch_connection, self.insert_messages, (Refused, Deadlock))
         self.messages_stored = 0  # by this process, for /metrics
 
     # -- provided by each backend ---------------------------------------------------
@@ -402,18 +409,10 @@ class Store(abc.ABC):
         self.messages_stored += 1
         return Message(message_id, chat_id, sender.id, sender.username, contenido, moment)
 
-    async def _insert_batch(self, rows: Sequence[Row]) -> list[int]:
-        """One INSERT ... RETURNING in autocommit; without RETURNING, one INSERT a row inside one
-        transaction, so the batch still costs one commit (docs/design.md, "MySQL 8")."""
-        if self.returning:
-            async with self.connection() as db:
-                return await self.insert_messages(db, rows)
-
-        async def in_one_transaction() -> list[int]:
-            async with self.transaction() as db:
-                return await self.insert_messages(db, rows)
-
-        return await retry_deadlocks(in_one_transaction)
+    def _batch_connection(self) -> AbstractAsyncContextManager[Db]:
+        """A batch is one INSERT ... RETURNING in autocommit; without RETURNING, one INSERT a row
+        inside one transaction, so the batch still costs one commit (docs/design.md, "MySQL 8")."""
+        return self.connection() if self.returning else self.transaction()
 
     async def insert_messages(self, db: Db, rows: Sequence[Row]) -> list[int]:
         """Insert (chat_id, sender_id, contenido, time) rows in order; their new ids, in order."""

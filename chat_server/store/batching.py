@@ -1,49 +1,112 @@
 """Group commit: concurrent message inserts share one multi-row INSERT.
 
-Under load, posts arrive while an INSERT is on its way to the database; they wait for it and
-then go together in the next one (one round trip and one commit for many messages). An idle
-server flushes at once, so a lone post waits for nothing.
+Under load, posts arrive while INSERTs are on their way to the database; they wait and then go
+together in the next one (one round trip and one commit for many messages). An idle server
+flushes at once, so a lone post waits for nothing.
+
+Up to LANES inserts are in flight at once, each on a connection of its own, so a connection
+that stops answering holds back only its own batch (which fails by the store's statement
+timeout: 503, outcome unknown); later rows go on the other lanes. A lane takes rows only once
+it holds a connection, and a row that no lane took within WAIT_FOR_LANE is withdrawn (503, and
+certainly not stored). A batch the database refused for its values (or rolled back whole, a
+deadlock victim) was not stored at all: its rows are tried again one by one, so that only the row
+at fault fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, TypeVar
+
+from ..errors import Unavailable
 
 # Rows per INSERT: large enough to absorb a burst, small enough for one packet.
 MAX_BATCH = 500
+# INSERTs in flight at once: enough that one silent connection leaves room for the others.
+LANES = 4
+# A row waits this long for a lane with a connection (as long as a connection is waited for).
+WAIT_FOR_LANE = 2.0
 
 Row = tuple[Any, ...]
+C = TypeVar("C")
 
 
-class InsertBatcher:
-    def __init__(self, flush: Callable[[Sequence[Row]], Awaitable[list[int]]]) -> None:
-        self._flush = flush
-        self._pending: list[tuple[Row, asyncio.Future[int]]] = []
-        self._draining: asyncio.Task[None] | None = None
+class _Waiting:
+    __slots__ = ("future", "row")
+
+    def __init__(self, row: Row) -> None:
+        self.row = row
+        self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+
+class InsertBatcher(Generic[C]):
+    def __init__(
+        self,
+        connection: Callable[[], AbstractAsyncContextManager[C]],
+        insert: Callable[[C, Sequence[Row]], Awaitable[list[int]]],
+        refused: tuple[type[Exception], ...],
+    ) -> None:
+        """`insert(conn, rows)` inserts the rows on `conn` and returns their ids in order;
+        `refused` is what the store raises for a batch of which nothing was stored."""
+        self._connection = connection
+        self._insert = insert
+        self._refused = refused
+        self._pending: list[_Waiting] = []
+        self._lanes: set[asyncio.Task[None]] = set()
 
     async def insert(self, row: Row) -> int:
         """The new id of `row`, once the INSERT that carried it has committed."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
-        if self._draining is None:
-            self._draining = asyncio.create_task(self._drain())
-        return await future
+        waiting = _Waiting(row)
+        self._pending.append(waiting)
+        if len(self._lanes) < LANES:
+            lane = asyncio.create_task(self._lane())
+            self._lanes.add(lane)
+            lane.add_done_callback(self._lanes.discard)
+        await asyncio.wait([waiting.future], timeout=WAIT_FOR_LANE)
+        if not waiting.future.done() and waiting in self._pending:
+            self._pending.remove(waiting)
+            raise Unavailable("database busy")
+        return await waiting.future
 
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                try:
-                    ids = await self._flush([row for row, _ in batch])
-                except Exception as exc:  # every waiter gets the failure (e.g. a 503)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), new_id in zip(batch, ids, strict=True):
-                    if not future.done():
-                        future.set_result(new_id)
-        finally:
-            self._draining = None
+    async def _lane(self) -> None:
+        while self._pending:
+            batch: list[_Waiting] = []
+            try:
+                async with self._connection() as conn:
+                    batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                    if not batch:
+                        return  # another lane took them
+                    ids = await self._insert(conn, [w.row for w in batch])
+            except self._refused:
+                await self._one_by_one(batch)
+                continue
+            except Exception as exc:
+                if not batch:  # no connection: the rows waiting now would not get one either
+                    batch, self._pending = self._pending, []
+                _fail(batch, exc)
+                continue
+            for waiting, new_id in zip(batch, ids, strict=True):
+                _settle(waiting, new_id)
+
+    async def _one_by_one(self, batch: list[_Waiting]) -> None:
+        for waiting in batch:
+            try:
+                async with self._connection() as conn:
+                    (new_id,) = await self._insert(conn, [waiting.row])
+            except Exception as exc:
+                _fail([waiting], exc)
+            else:
+                _settle(waiting, new_id)
+
+
+def _settle(waiting: _Waiting, new_id: int) -> None:
+    if not waiting.future.done():
+        waiting.future.set_result(new_id)
+
+
+def _fail(batch: list[_Waiting], exc: Exception) -> None:
+    for waiting in batch:
+        if not waiting.future.done():
+            waiting.future.set_exception(exc)

@@ -262,11 +262,16 @@ class Hub:
         targets = []
         for member in chat["participants"]:
             for sub in self._by_user.get(member["id"], ()):
-                assert isinstance(sub.chats, set)  # per-user streams only
-                sub.chats.add(chat["id"])
-                self._by_chat.setdefault(chat["id"], set()).add(sub)
+                self.follow(sub, [chat["id"]])
                 targets.append(sub)
         self._fan_out(targets, event)
+
+    def follow(self, sub: Subscriber, chat_ids: Iterable[int]) -> None:
+        """A per-user stream follows these chats too (its chats, read once it is subscribed)."""
+        assert isinstance(sub.chats, set)  # per-user streams only
+        for chat_id in chat_ids:
+            sub.chats.add(chat_id)
+            self._by_chat.setdefault(chat_id, set()).add(sub)
 
     def presence(self, change: dict[str, Any], chat_ids: Iterable[int]) -> None:
         """A user came online or went offline: tell the per-user streams of their chats' others."""

@@ -1,7 +1,8 @@
 """GET /api/stream: Server-Sent Events for one chat, or for every chat of one user.
 
 Order of work on connect (no gap, no duplicate): subscribe to the hub first, so live events
-buffer; read the missed messages from the database up to the hub's released id; write them;
+buffer (a per-user stream reads its chats only then, so a DM made meanwhile is not missed);
+read the missed messages from the database up to the hub's released id; write them;
 then write live events, which all have larger ids.
 """
 
@@ -37,13 +38,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
         chat_ids, user_id = [chat.id], None
     else:
         viewer = await current_user(request)
-        chat_ids, user_id = await store.chat_ids_of(viewer), viewer.id
+        chat_ids, user_id = [], viewer.id
 
     async with (
         request.app[limits_key].stream(viewer.id if viewer else None),
         request.app[presence_key].online_while(viewer),
         hub.subscribe(chat_ids, user_id) as sub,
     ):
+        if user_id is not None and viewer is not None:
+            # Subscribed first, then read: a DM made from now on reaches the stream as an
+            # `event: chat` (and is followed), one made before is in what is read here.
+            hub.follow(sub, await store.chat_ids_of(viewer))
         upto = sub.floor = hub.released_id
         first = [PREAMBLE]
         if last_id is not None and last_id < upto:

@@ -17,7 +17,8 @@ async def test_a_per_user_stream_follows_a_dm_made_while_it_reads_its_chats(
     await client.login("beto")
     ana = await client.store.get_user(username="ana")
     beto = await client.store.get_user(username="beto")
-    assert ana is not None and beto is not None
+    assert ana is not None
+    assert beto is not None
     first = await client.open_stream({"username": "ana"})  # ana is online: no presence work next
     read_chats = client.store.chat_ids_of
     made: list[int] = []

@@ -31,10 +31,11 @@ import pymysql
 
 from .errors import ApiError
 from .models import ADMIN_USERNAME, User, utc_now
+from .names import name_key
 from .settings import Settings
 from .store import Store, open_store
 from .store.base import Db, Row, _sql_time
-from .store.sqlite import SqliteStore, unikey
+from .store.sqlite import SqliteStore
 from .validation import clean_username
 
 # Legacy rows read, and then written in one transaction, at a time.
@@ -142,7 +143,7 @@ class LegacyMigration:
         self.report.read = no_time
         if no_time:
             self.report.skipped["no timestamp"] = no_time
-        self._admin_keys = {_key(name) for (name,) in admins if isinstance(name, str)}
+        self._admin_keys = {name_key(name) for (name,) in admins if isinstance(name, str)}
         self._admin = await self.store.get_user(username=ADMIN_USERNAME)
         assert self._admin is not None, "store.start() creates admin"
         self._labels[self.store.general_id] = "General"
@@ -202,7 +203,7 @@ class LegacyMigration:
             raise _Skip(f"invalid {column}") from None
         user = await self.store.get_user(username=name)
         if user is None:
-            if _key(name) in self._admin_keys:
+            if name_key(name) in self._admin_keys:
                 user, created = await self._create_admin(name)
             else:
                 user, created = await self.store.ensure_user(name)
@@ -220,8 +221,9 @@ class LegacyMigration:
         never changing, so a role set afterwards would not be seen by the store that made them."""
         async with self.store.connection() as db:
             count, _ = await db.execute(
-                "INSERT IGNORE INTO usuarios (username, role, creado_en) VALUES (%s, 'admin', %s)",
-                (name, _sql_time(utc_now())),
+                "INSERT IGNORE INTO usuarios (username, name_key, role, creado_en) "
+                "VALUES (%s, %s, 'admin', %s)",
+                (name, name_key(name), _sql_time(utc_now())),
             )
         user = await self.store.get_user(username=name)
         assert user is not None
@@ -295,11 +297,6 @@ def _timestamp(value: Any) -> datetime:
     if not isinstance(value, datetime):
         raise _Skip("invalid timestamp")
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _key(name: str) -> str:
-    """Names as both stores compare them: trimmed, case and accents ignored."""
-    return unikey(name.strip()) or ""
 
 
 async def _count(db: Db, sql: str) -> int:

@@ -11,6 +11,7 @@ from aiohttp import web
 from .broker import broker_key
 from .errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from .models import ADMIN_USERNAME, Chat, Message, ReadMarker, User
+from .names import refuse_new_name
 from .store import store_key
 
 T = TypeVar("T")
@@ -19,7 +20,10 @@ _shielded: set[asyncio.Task[Any]] = set()
 
 
 async def ensure_user(app: web.Application, username: str) -> tuple[User, bool]:
-    """The user by name, created on first use together with their DM with admin."""
+    """The user by name, created on first use together with their DM with admin. Only a name
+    that is no one's yet must pass the rules for new names (an existing user keeps theirs)."""
+    if await app[store_key].get_user(username=username) is None:
+        refuse_new_name(username)
     user, created = await app[store_key].ensure_user(username)
     if created:
         await app[store_key].start_reading_general(user)

@@ -72,9 +72,11 @@ def _urlencoded(raw: bytes, charset: str) -> dict[str, Any]:
 
 
 def clean_username(value: Any, field: str = "username") -> str:
+    """A name as given, in NFC and trimmed. Whether it is someone's, or may become a new user's,
+    is for chat_server/names.py."""
     if not isinstance(value, str):
         raise BadRequest(f"{field} must be a string", field=field)
-    name = value.strip()
+    name = unicodedata.normalize("NFC", value).strip()
     if not name:
         raise BadRequest(f"{field} is required", field=field)
     if len(name) > MAX_USERNAME_CHARS:

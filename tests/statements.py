@@ -27,7 +27,10 @@ MARIADB_ONLY = {
     "LIMIT ROWS EXAMINED": r"\bROWS\s+EXAMINED\b",
     "KILL QUERY ID": r"\bKILL\s+(?:HARD\s+|SOFT\s+)?QUERY\s+ID\b",
     "EXCEPT/INTERSECT (MySQL >= 8.0.31 only)": r"\b(?:EXCEPT|INTERSECT)\b",
-    "a collation other than utf8mb4_unicode_ci": r"\bCOLLATE\s*=?\s*(?!utf8mb4_unicode_ci\b)\w+",
+    # utf8mb4_bin (usuarios.username and name_key compare bytes) is on both servers too.
+    "a collation other than utf8mb4_unicode_ci or utf8mb4_bin": (
+        r"\bCOLLATE\s*=?\s*(?!utf8mb4_unicode_ci\b|utf8mb4_bin\b)\w+"
+    ),
     "a charset other than utf8mb4": r"\b(?:CHARACTER\s+SET|CHARSET)\s*=?\s*(?!utf8mb4\b)\w+",
 }
 _PATTERNS = {name: re.compile(pattern, re.IGNORECASE | re.DOTALL) for name, pattern in MARIADB_ONLY.items()}

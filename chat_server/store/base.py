@@ -7,6 +7,7 @@ Handlers only see `Store` methods. Every query lives here, written once in MySQL
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
@@ -17,10 +18,12 @@ from aiohttp import web
 
 from ..errors import BadRequest, Unavailable
 from ..models import ADMIN_USERNAME, Chat, Message, ReadMarker, Role, User, utc_now
+from ..names import ADMIN_KEY, MAX_KEY_CHARS, name_key
 from .batching import InsertBatcher
 from .dialect import RETURNING_ID
 from .schema_files import Added, added_object
 
+log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
 T = TypeVar("T")
 K = TypeVar("K")
@@ -81,8 +84,6 @@ class Store(abc.ABC):
     """Users, chats and messages over SQL. Subclasses provide connections and dialect."""
 
     # How a username is compared: MySQL's utf8mb4_unicode_ci ignores case and accents.
-    username_match = "u.username = %s"
-
     def __init__(self) -> None:
         self.general_id = 0
         # Users and chats never change once made (a DM's pair is fixed; General is everyone),
@@ -165,37 +166,70 @@ class Store(abc.ABC):
     # -- users -------------------------------------------------------------------
 
     async def get_user(self, *, user_id: int | None = None, username: str | None = None) -> User | None:
-        cached = self._users_by_id.get(user_id) if user_id is not None else self._users_by_name.get(username)
+        """By id, or by name: the user whose name has the same key (chat_server/names.py)."""
+        key = None if username is None else name_key(username)
+        cached = self._users_by_id.get(user_id) if user_id is not None else self._users_by_name.get(key)
         if cached is not None:
             return cached
-        where, arg = ("u.id = %s", user_id) if user_id is not None else (self.username_match, username)
+        where, arg = ("u.id = %s", user_id) if user_id is not None else ("u.name_key = %s", key)
         async with self.connection() as db:
+            # uniq_name_key
             row = await db.fetchone(f"SELECT {_USER_COLUMNS} FROM usuarios u WHERE {where}", (arg,))
         if row is None:
             return None
         user = self._user(row)
         self._users_by_id.put(user.id, user)
-        if username is not None:
-            self._users_by_name.put(username, user)
+        if key is not None:
+            self._users_by_name.put(key, user)
         return user
 
-    async def ensure_user(self, username: str) -> tuple[User, bool]:
-        """Return the user and whether it was created (then also as a member of General)."""
+    async def ensure_user(self, username: str, role: Role | None = None) -> tuple[User, bool]:
+        """Return the user and whether it was created (then also as a member of General). The
+        role of a new user is admin for admin's name, unless given."""
         user = await self.get_user(username=username)
         if user:
             return user, False
-        role: Role = "admin" if username.lower() == ADMIN_USERNAME else "user"
+        key = name_key(username)
         async with self.connection() as db:
             # INSERT IGNORE: a concurrent first login of the same name creates one row.
             count, _ = await db.execute(
-                "INSERT IGNORE INTO usuarios (username, role, creado_en) VALUES (%s, %s, %s)",
-                (username, role, _sql_time(utc_now())),
+                "INSERT IGNORE INTO usuarios (username, name_key, role, creado_en) VALUES (%s, %s, %s, %s)",
+                (username, key, role or ("admin" if key == ADMIN_KEY else "user"), _sql_time(utc_now())),
             )
         user = await self.get_user(username=username)
-        assert user
+        if user is None:
+            # Kept out by a row without a key (made by hand, or by an older process while this
+            # one started): key such rows, then look again.
+            async with self.transaction() as db:
+                await self._key_names(db)
+            user = await self.get_user(username=username)
+        if user is None:
+            raise BadRequest("this name cannot be used: an older user has it", username=username)
         if count:
             await self._join_new_user(user)
         return user, bool(count)
+
+    async def _key_names(self, db: Db) -> None:
+        """Fill usuarios.name_key where it is missing: every user at the first start after the
+        column was added, and users made outside the server since. In id order, so when two old
+        names share a key (look-alikes the old comparison told apart, such as `admin` and `admin`
+        with a mathematical bold a on MariaDB), the older user keeps it; the newer one's key gets
+        its id appended, and it is reached by its token or cookie, no longer by name."""
+        rows = await db.fetchall("SELECT id, username FROM usuarios WHERE name_key IS NULL ORDER BY id")
+        if not rows:
+            return
+        taken = {
+            row[0] for row in await db.fetchall("SELECT name_key FROM usuarios WHERE name_key IS NOT NULL")
+        }
+        for user_id, username in rows:
+            key = name_key(str(username))
+            if key in taken:
+                log.warning(
+                    "user %s (%r) has the name key of an older user: keyed by its id", user_id, username
+                )
+                key = f"{key[: MAX_KEY_CHARS - 12]}\x1f{user_id}"
+            taken.add(key)
+            await db.execute("UPDATE usuarios SET name_key = %s WHERE id = %s", (key, user_id))
 
     async def _join_new_user(self, user: User) -> None:
         # The DM with admin is made by the caller (service.ensure_user), which announces it.

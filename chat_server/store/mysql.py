@@ -162,6 +162,8 @@ class MysqlStore(Store):
                 await self._run_schema(db, statements("mysql", "schema.sql"))
                 await self._convert_collations(db)
                 await self._run_schema(db, statements("mysql", "migrations.sql"))
+                await self._usernames_as_bytes(db)
+                await self._key_names(db)
             finally:
                 await db.fetchone("SELECT RELEASE_LOCK('chat_server.migrate')")
 
@@ -175,6 +177,21 @@ class MysqlStore(Store):
                 )
         finally:
             conn.close()
+
+    async def _usernames_as_bytes(self, db: Db) -> None:
+        """The seed's UNIQUE(username) compares by utf8mb4_unicode_ci, which takes names that
+        usuarios.name_key tells apart for one (every character outside the BMP is the same to it;
+        `æ` is `ae`): it would refuse a user the key allows, and the stores would disagree again.
+        Compared as bytes, it refuses only what name_key refuses already."""
+        row = await db.fetchone(
+            "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = 'usuarios' AND COLUMN_NAME = 'username'"
+        )
+        if row is not None and row[0] != "utf8mb4_bin":
+            await db.execute(
+                "ALTER TABLE usuarios MODIFY username VARCHAR(100) "
+                "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+            )
 
     async def _convert_collations(self, db: Db) -> None:
         """Tables made by hand from the seed take the server's default charset: make them utf8mb4."""

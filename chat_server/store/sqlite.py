@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,14 +13,6 @@ import aiosqlite
 
 from .base import Db, Row, Store
 from .schema_files import Added, statements
-
-
-def unikey(name: str | None) -> str | None:
-    """Compare like utf8mb4_unicode_ci: ignore case and accents ('José' = 'jose')."""
-    if name is None:
-        return None
-    decomposed = unicodedata.normalize("NFKD", name)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 def _sqlite_sql(sql: str) -> str:
@@ -43,8 +34,6 @@ class _SqliteDb(Db):
 
 
 class SqliteStore(Store):
-    username_match = "unikey(u.username) = unikey(%s)"
-
     def __init__(self, url: str) -> None:
         super().__init__()
         # sqlite:///data/x.db is relative to the working directory, sqlite:////abs/x.db absolute.
@@ -59,12 +48,12 @@ class SqliteStore(Store):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._conn.create_function("unikey", 1, unikey, deterministic=True)
         await self._conn.execute("PRAGMA journal_mode=WAL")
         await self._conn.execute("PRAGMA busy_timeout=5000")
         # In one transaction: two processes starting on one file do not both add a column.
         async with self.transaction() as db:
             await self._run_schema(db, statements("sqlite", "schema.sql"))
+            await self._key_names(db)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Db]:

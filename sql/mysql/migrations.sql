@@ -33,3 +33,9 @@ CREATE TABLE IF NOT EXISTS chat_reads (
     last_read_id INT NOT NULL DEFAULT 0,
     PRIMARY KEY (chat_id, user_id)
 ) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- The one notion of "same name" on every store (chat_server/names.py): the name's key, computed
+-- by the server, one user per key. Compared as bytes: the key is already canonical, and a
+-- collation would fold it again its own way. Filled for existing users at start-up.
+ALTER TABLE usuarios ADD COLUMN name_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL;
+CREATE UNIQUE INDEX uniq_name_key ON usuarios (name_key);

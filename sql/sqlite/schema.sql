@@ -1,6 +1,5 @@
 -- The embedded store's schema: the same tables, columns and keys as sql/mysql/, in SQLite's
--- dialect. Usernames compare through unikey(), registered by the store, the way MySQL's
--- utf8mb4_unicode_ci compares them (case and accents ignored).
+-- dialect.
 
 CREATE TABLE IF NOT EXISTS usuarios (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -9,7 +8,11 @@ CREATE TABLE IF NOT EXISTS usuarios (
     estado TEXT DEFAULT 'N/D',
     creado_en TEXT DEFAULT CURRENT_TIMESTAMP
 );
-CREATE UNIQUE INDEX IF NOT EXISTS uniq_username ON usuarios (unikey(username));
+-- One user per name key (chat_server/names.py), as on MySQL; it replaces the index on
+-- unikey(username), an emulation of utf8mb4_unicode_ci that disagreed with MariaDB's.
+DROP INDEX IF EXISTS uniq_username;
+ALTER TABLE usuarios ADD COLUMN name_key TEXT NULL;
+CREATE UNIQUE INDEX uniq_name_key ON usuarios (name_key);
 
 CREATE TABLE IF NOT EXISTS chats (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -161,10 +161,12 @@ class Browsing:
         self.people.append(person)
         return person
 
-    async def shoot(self) -> None:
+    async def shoot(self, stage: str = "") -> None:
+        """Every page as it is now; `stage` names a moment before the end of the test."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for n, person in enumerate(self.people):
-            path = ARTIFACTS / f"{self.test}-{n}-{_file_name(person.name)}.png"
+            suffix = f"-{stage}" if stage else ""
+            path = ARTIFACTS / f"{self.test}-{n}-{_file_name(person.name)}{suffix}.png"
             with contextlib.suppress(PlaywrightError):
                 await person.page.screenshot(path=str(path), full_page=True)
 

@@ -1,15 +1,17 @@
 // chat_server's browser client: native ES modules, no build step. This entry starts the
 // app after a login or a restored session; each concern lives in its own module:
-//   api.js           requests and the credential      session.js       login, logout, identity
-//   stream.js        EventSource, polling, indicator   chats.js         the chat list, read markers
-//   conversation.js  the open chat and the composer     dates.js, dom.js small shared helpers
-//   events.js        the page's events between modules
+//   session.js       login, logout, identity          api.js         requests and the credential
+//   stream.js        EventSource and polling          connection.js  the link's state, shown
+//   chats.js         the chat list, read markers      conversation.js the open chat, composer
+//   typing.js        "escribiendo…" both ways         notify.js      title, notifications, sound
+//   dates.js, dom.js small shared helpers             events.js      the events between modules
 
 import { on } from "./events.js";
 import { begin, handleAuth, isCurrent, restore, showLogin } from "./session.js";
 import * as chats from "./chats.js";
 import * as conversation from "./conversation.js";
 import * as stream from "./stream.js";
+import "./notify.js";
 
 async function start() {
   const generation = begin();

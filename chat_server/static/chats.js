@@ -11,6 +11,8 @@ import { api } from "./api.js";
 import { emit, on } from "./events.js";
 import { handleAuth, me, currentGeneration, isCurrent } from "./session.js";
 import { when } from "./dates.js";
+import { isTyping } from "./typing.js";
+import { isLive } from "./connection.js";
 
 const READ_DELAY_MS = 150; // read markers of a burst of messages go out as one request
 const RELOAD_DELAY_MS = 300; // chats heard of on the stream: one list reload for a burst
@@ -37,11 +39,20 @@ on("logout", () => {
   reloadTimer = null;
   list.replaceChildren();
 });
+on("typing", () => render());
+on("mode", () => render()); // presence dots are only claimed while live
 
 // -- reading the list --------------------------------------------------------------
 
 export function get(id) {
   return chats.get(id);
+}
+
+/** Messages of others not read yet, over all chats. */
+export function unreadTotal() {
+  let total = 0;
+  for (const chat of chats.values()) total += chat.unread;
+  return total;
 }
 
 export function isLoaded() {
@@ -117,14 +128,16 @@ export function presence(change) {
   emit("presence", change);
 }
 
-/** A message from the stream, a poll or our own post: counted, then announced. */
+/** A message from the stream, a poll or our own post: counted, then announced (`fresh`: newer
+than any this chat had, so not one heard of before). */
 export function receive(m) {
   const chat = chats.get(m.chat_id);
   if (!chat) {
     reloadSoon(); // a chat we have not heard of yet
     return;
   }
-  if (m.id > chat.seen) {
+  const fresh = m.id > chat.seen;
+  if (fresh) {
     chat.seen = m.id;
     chat.last_message = m;
     if (m.sender_id !== me().id && m.id > chat.lastRead) {
@@ -133,7 +146,7 @@ export function receive(m) {
     }
     render();
   }
-  emit("message", { message: m, chat });
+  emit("message", { message: m, chat, fresh });
 }
 
 // -- the selected chat and read markers -----------------------------------------------
@@ -209,6 +222,14 @@ export function chatName(chat) {
   return others.length ? others.map((p) => p.username).join(", ") : chat.name || "Conversación";
 }
 
+const ONLINE = "En línea";
+
+/** A DM partner's presence in words; nothing is claimed while the page is not live. */
+export function presenceText(other) {
+  if (!isLive()) return "Sin conexión: estado desconocido";
+  return other.online ? ONLINE : "Fuera de línea";
+}
+
 /** The other person of a DM; null for General. */
 export function partner(chat) {
   if (chat.type !== "dm") return null;
@@ -237,16 +258,18 @@ function chatItem(chat) {
   const avatar = span("avatar", (Array.from(name)[0] || "?").toUpperCase());
   const other = partner(chat);
   if (other) {
-    const dot = span("punto" + (other.online ? " en-linea" : ""));
-    dot.title = other.online ? "En línea" : "Desconectado";
-    dot.setAttribute("aria-label", dot.title);
+    const status = presenceText(other);
+    const dot = span("punto" + (status === ONLINE ? " en-linea" : ""));
+    dot.title = status;
+    dot.setAttribute("aria-label", status);
     avatar.appendChild(dot);
   }
+  const typing = isTyping(chat.id);
   button.append(
     avatar,
     span("nombre", name),
     span("cuando", chat.last_message ? when(chat.last_message.timestamp) : ""),
-    span("vista", preview(chat)),
+    span(typing ? "vista escribiendo" : "vista", typing ? "escribiendo…" : preview(chat)),
   );
   if (chat.unread > 0) {
     const badge = span("insignia", chat.unread > 99 ? "99+" : String(chat.unread));

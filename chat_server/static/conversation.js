@@ -1,5 +1,6 @@
-// The open conversation: its messages (in id order, each once), older pages on scrolling up,
-// the title, and the composer.
+// The open conversation: its messages (in id order, each once, with a separator per Lima day),
+// older pages on scrolling up, the title (who, and whether they are online or typing), "Visto"
+// under the last own message a DM partner has read, and the composer.
 //
 // State: what is shown of the chat selected in the chat list (`shown`, oldest and newest id,
 // whether older messages exist), with a generation bumped whenever the pane is cleared so a
@@ -10,13 +11,16 @@ import { api, ApiError } from "./api.js";
 import { on } from "./events.js";
 import { handleAuth, me } from "./session.js";
 import * as chats from "./chats.js";
-import { day, hour } from "./dates.js";
+import { dayKey, dayLabel, fullDate, hour } from "./dates.js";
+import * as typing from "./typing.js";
+import { isLive } from "./connection.js";
 
 const PAGE = 50; // messages per history page
 const POLL_PAGE = 200; // the API's largest page
 const NEAR_BOTTOM_PX = 80; // closer than this to the end: follow new messages
 const NEAR_TOP_PX = 120; // closer than this to the top: load older messages
 const OPEN_KEY = "chat.abierto";
+const LONG_PRESS_MS = 500; // a touch held this long shows a message's full date
 
 const el = {
   app: $("app"),
@@ -50,7 +54,15 @@ on("open", (id) => openChat(id));
 on("message", ({ message }) => {
   if (message.chat_id === chats.selected()) showMessages([message]);
 });
-on("presence", () => renderTitle(chats.get(chats.selected())));
+const renderOpenTitle = () => renderTitle(chats.get(chats.selected()));
+on("presence", renderOpenTitle);
+on("mode", renderOpenTitle);
+on("typing", (chatId) => {
+  if (chatId === chats.selected()) renderOpenTitle();
+});
+on("seen", (chat) => {
+  if (chat.id === chats.selected()) renderSeen();
+});
 
 /** The chat this tab had open before a reload, if any. */
 export function remembered() {
@@ -77,7 +89,11 @@ function renderTitle(chat) {
   if (!chat) return;
   el.titulo.textContent = chats.chatName(chat);
   const other = chats.partner(chat);
-  el.subtitulo.textContent = other ? (other.online ? "En línea" : "Desconectado") : "Todos los usuarios";
+  const typingNow = typing.isTyping(chat.id);
+  // While the page is not live, the connection state beside the title speaks instead.
+  const presence = other ? (isLive() ? chats.presenceText(other) : "") : "Todos los usuarios";
+  el.subtitulo.textContent = typingNow ? "escribiendo…" : presence;
+  el.subtitulo.classList.toggle("escribiendo", typingNow);
 }
 
 export async function openChat(id) {
@@ -136,7 +152,7 @@ function note(text) {
 }
 
 function noteHistory() {
-  if (hasOlder) note("Desliza hacia arriba para ver mensajes anteriores.");
+  if (hasOlder) note("Desplázate hacia arriba para ver mensajes anteriores.");
   else if (shown.size) note("Inicio de la conversación.");
   else note("Aún no hay mensajes. ¡Escribe el primero!");
 }
@@ -169,6 +185,8 @@ function showMessages(messages) {
     oldestId = oldestId === null ? m.id : Math.min(oldestId, m.id);
     mine = mine || m.sender_id === me().id;
   }
+  renderDays();
+  renderSeen();
   if (historyLoaded && (follow || mine)) scrollToEnd();
   if (historyLoaded && !hasOlder) noteHistory();
 }
@@ -177,18 +195,65 @@ function messageItem(m) {
   const item = document.createElement("li");
   item.className = "msg" + (m.sender_id === me().id ? " mio" : "");
   item.dataset.id = String(m.id);
+  item.dataset.day = dayKey(m.timestamp);
+  item.dataset.time = m.timestamp;
   const meta = document.createElement("div");
   meta.className = "meta";
   const time = document.createElement("time");
   time.dateTime = m.timestamp;
   time.textContent = hour(m.timestamp);
-  time.title = day(m.timestamp) + " " + hour(m.timestamp);
-  meta.append(span("autor", m.sender_id === me().id ? "Tú" : m.username || "?"), time);
+  time.title = fullDate(m.timestamp); // on hover; a long press shows it too (.con-fecha)
+  meta.append(
+    span("autor", m.sender_id === me().id ? "Tú" : m.username || "?"),
+    time,
+    span("fecha-completa", time.title),
+  );
   const text = document.createElement("div");
   text.className = "texto";
   text.textContent = m.contenido;
   item.append(meta, text);
   return item;
+}
+
+/** One separator before the first message of each Lima day (redrawn: messages come in any order). */
+function renderDays() {
+  for (const node of el.listaMensajes.querySelectorAll(".dia")) node.remove();
+  let previous = null;
+  for (const item of [...el.listaMensajes.children]) {
+    if (item.dataset.day !== previous) el.listaMensajes.insertBefore(dayItem(item.dataset.time), item);
+    previous = item.dataset.day;
+  }
+}
+
+function dayItem(iso) {
+  const item = document.createElement("li");
+  item.className = "dia";
+  item.setAttribute("role", "separator");
+  item.appendChild(span("etiqueta", dayLabel(iso)));
+  return item;
+}
+
+/** "Visto" under the last of our messages that a DM's partner has read. */
+function renderSeen() {
+  for (const node of el.listaMensajes.querySelectorAll(".visto")) node.remove();
+  const chat = chats.get(chats.selected());
+  const other = chat && chats.partner(chat);
+  const upto = (other && other.last_read_id) || 0;
+  let last = 0;
+  for (const [id, item] of shown) if (id <= upto && id > last && item.classList.contains("mio")) last = id;
+  if (last) shown.get(last).appendChild(span("visto", "Visto"));
+}
+
+// A long press on a message (touch has no hover) shows its full date under it.
+let pressTimer = null;
+el.listaMensajes.addEventListener("pointerdown", (ev) => {
+  const item = ev.target.closest(".msg");
+  if (!item || ev.pointerType === "mouse") return;
+  clearTimeout(pressTimer);
+  pressTimer = setTimeout(() => item.classList.toggle("con-fecha"), LONG_PRESS_MS);
+});
+for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
+  el.listaMensajes.addEventListener(type, () => clearTimeout(pressTimer));
 }
 
 async function loadOlder() {
@@ -249,6 +314,7 @@ el.texto.addEventListener("keydown", (ev) => {
 el.texto.addEventListener("input", () => {
   el.texto.style.height = "auto";
   el.texto.style.height = el.texto.scrollHeight + 2 + "px";
+  if (el.texto.value.trim()) typing.typed(chats.get(chats.selected()));
 });
 
 el.composer.addEventListener("submit", async (ev) => {

@@ -9,6 +9,10 @@ import { api, ApiError, getToken, setToken } from "./api.js";
 import { emit } from "./events.js";
 
 const SESSION_KEY = "chat.sesion";
+// Set while a login cookie may identify this browser. The cookie is HttpOnly (scripts cannot
+// see it), and asking the server without one is a 401 that browsers log as an error: a page
+// load without a session asks nothing.
+const COOKIE_HINT_KEY = "chat.cookie";
 
 const el = {
   ingreso: $("ingreso"),
@@ -44,6 +48,7 @@ function adoptSession(answer) {
   user = answer.user;
   setToken(answer.token);
   sessionStorage.setItem(SESSION_KEY, JSON.stringify({ user, token: getToken() }));
+  localStorage.setItem(COOKIE_HINT_KEY, "1");
   el.yo.textContent = user.username;
 }
 
@@ -64,10 +69,12 @@ export async function restore() {
     setToken(saved.token);
     return true;
   }
+  if (!localStorage.getItem(COOKIE_HINT_KEY)) return false;
   try {
     user = (await api("GET", "/api/me")).user;
     return true;
   } catch (_) {
+    localStorage.removeItem(COOKIE_HINT_KEY); // it expired, or the server forgot it
     return false;
   }
 }
@@ -126,11 +133,16 @@ export function showLogin(message) {
 
 el.formIngreso.addEventListener("submit", async (ev) => {
   ev.preventDefault();
+  // The form is `novalidate`: the page says what is wrong, in Spanish, the same way for an
+  // empty name and for one of spaces only.
   const username = el.nombre.value.trim();
   if (!username) {
-    el.errorIngreso.textContent = "Escribe tu nombre.";
+    el.errorIngreso.textContent = el.nombre.value ? "El nombre no puede ser solo espacios." : "Escribe tu nombre.";
+    el.nombre.setAttribute("aria-invalid", "true");
+    el.nombre.focus();
     return;
   }
+  el.nombre.removeAttribute("aria-invalid");
   const body = { username };
   if (!el.campoClave.hidden && el.clave.value) body.password = el.clave.value;
   el.entrar.disabled = true;
@@ -178,7 +190,11 @@ export async function logout(local, message) {
     }
   }
   sessionStorage.removeItem(SESSION_KEY);
+  localStorage.removeItem(COOKIE_HINT_KEY); // cleared by the server, or refused anyway
   user = null;
   setToken(null);
+  el.nombre.value = "";
+  el.clave.value = "";
+  el.campoClave.hidden = true;
   showLogin(message);
 }

@@ -3,29 +3,22 @@
 // polls every 3 seconds instead and says so.
 //
 // State: the EventSource, the newest message id it carried (where a new one resumes), the
-// failures in a row and the backoff before making a new one, polling, and the mode shown in
-// the indicator ("connecting", "connected", "reconnecting", "polling").
+// failures in a row and the backoff before making a new one, and polling. The mode it is in
+// is shown by connection.js.
 
-import { $, parse } from "./dom.js";
+import { parse } from "./dom.js";
 import { api, getToken } from "./api.js";
 import { on } from "./events.js";
 import { currentGeneration, handleAuth, isCurrent } from "./session.js";
 import * as chats from "./chats.js";
 import * as conversation from "./conversation.js";
+import { setMode } from "./connection.js";
+import * as typing from "./typing.js";
 
 const POLL_MS = 3000; // the seed's polling period
 const FAILURES_BEFORE_POLLING = 3; // stream errors in a row before polling takes over
 const FIRST_RECREATE_MS = 1000; // a closed EventSource is made again after this, doubling...
 const MAX_RECREATE_MS = 30000; // ...up to this
-
-const MODES = {
-  connecting: "Conectando…",
-  connected: "En vivo",
-  reconnecting: "Reconectando…",
-  polling: "Actualizando cada 3 s",
-};
-
-const el = { conexion: $("conexion"), aviso: $("aviso") };
 
 let lastEventId = 0; // the newest message id heard on the stream: where a new stream resumes
 let source = null;
@@ -102,6 +95,7 @@ function openSource() {
   opened.addEventListener("chat", (e) => chats.add(parse(e.data)));
   opened.addEventListener("presence", (e) => chats.presence(parse(e.data)));
   opened.addEventListener("read", (e) => chats.applyRead(parse(e.data)));
+  opened.addEventListener("typing", (e) => typing.heard(parse(e.data)));
   opened.addEventListener("reset", (e) => {
     // Too far behind to replay: reload what is on screen.
     resumeFrom(e);
@@ -135,10 +129,10 @@ function scheduleRecreate() {
 // -- polling, when there is no stream ---------------------------------------------------
 
 function startPolling(reason) {
-  pollReason = reason;
-  setMode("polling");
-  if (polling) return;
+  if (polling) return; // already polling: its own rounds say whether the server answers
   polling = true;
+  pollReason = reason;
+  setMode("polling", reason);
   pollSoon(0);
 }
 
@@ -159,21 +153,10 @@ async function pollOnce() {
   try {
     await conversation.fetchNewer();
     await chats.load();
+    if (polling) setMode("polling", pollReason);
   } catch (err) {
     if (await handleAuth(err)) return;
-    // the server is away: try again on the next round
+    if (polling) setMode("offline"); // the server is away: try again on the next round
   }
   if (polling && isCurrent(generation)) pollSoon(POLL_MS);
-}
-
-function setMode(mode) {
-  el.conexion.dataset.state = mode;
-  el.conexion.textContent = MODES[mode];
-  el.aviso.hidden = mode !== "polling";
-  if (mode === "polling") {
-    el.aviso.textContent =
-      pollReason === "sin-eventsource"
-        ? "Este navegador no recibe mensajes en vivo: la página se actualiza cada 3 segundos."
-        : "La conexión en vivo falla: la página se actualiza cada 3 segundos mientras se reintenta.";
-  }
 }

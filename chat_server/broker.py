@@ -24,11 +24,9 @@ from typing import Any
 
 import redis.asyncio as redis
 from aiohttp import web
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
-from . import jsonutil
+from . import jsonutil, redis_policy
 from .catchup import DatabaseFollower
 from .errors import Unavailable
 from .hub import Hub
@@ -125,12 +123,7 @@ class RedisBroker(Broker):
         super().__init__(hub)
         self.store = store
         self.channel = channel
-        self.redis = redis.from_url(
-            url,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
-            socket_timeout=5,
-            socket_connect_timeout=2,
-        )
+        self.redis = redis_policy.connect(url)
         self.healthy = False
         self.resyncs = 0
         self._follower = DatabaseFollower(hub, store)

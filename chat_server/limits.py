@@ -13,32 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import math
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as redis
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from .errors import TooManyRequests
 from .keeper import Keeper
+from .redis_policy import FAILURES, RedisGuard, bounded
 from .settings import Settings
 
-log = logging.getLogger(__name__)
-
-# A limit check waits at most this long for Redis before the in-process counters decide:
-# posting must not hang on a Redis that stopped answering.
-REDIS_TIMEOUT = 0.5
-# After Redis failed, it is asked again only after this long: meanwhile requests do not wait on it.
-REDIS_PAUSE = 1.0
 # A refused stream has no window to wait for; a client may try again after this.
 STREAM_RETRY_AFTER = 5.0
 # In-process counters are swept of ended windows once there are this many.
 SWEEP_AT = 10_000
-
-RedisFailure = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -65,29 +55,6 @@ class LocalCounters:
             self._sweep_at = max(SWEEP_AT, 2 * len(self._counts))
         self._counts[key] = (end, count)
         return end - now if count > rate.limit else None
-
-
-class RedisGuard:
-    """Whether to ask Redis now (not for REDIS_PAUSE after a failure); says when it goes away."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.failing = False
-        self._paused_until = 0.0
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self._paused_until
-
-    def failed(self, exc: BaseException) -> None:
-        if not self.failing:
-            log.warning("%s: redis unreachable (%s); counting in this process", self.what, exc)
-        self.failing = True
-        self._paused_until = time.monotonic() + REDIS_PAUSE
-
-    def succeeded(self) -> None:
-        if self.failing:
-            log.info("%s: redis answers again", self.what)
-        self.failing = False
 
 
 Hits = list[tuple[str, Rate]]
@@ -121,15 +88,14 @@ class RedisRateLimiter(RateLimiter):
             return self._local_hits(hits, now)
         ends = [_window_end(now, rate.window) for _, rate in hits]
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for (key, _), end in zip(hits, ends, strict=True):
-                        name = f"{self.namespace}:rate:{key}:{end:.3f}"
-                        pipe.incr(name)
-                        # Kept a little past the window's end, so a slow clock elsewhere finds it.
-                        pipe.pexpire(name, math.ceil((end - now + 1) * 1000))
-                    replies = await pipe.execute()
-        except RedisFailure as exc:
+            async with bounded(), self.redis.pipeline(transaction=False) as pipe:
+                for (key, _), end in zip(hits, ends, strict=True):
+                    name = f"{self.namespace}:rate:{key}:{end:.3f}"
+                    pipe.incr(name)
+                    # Kept a little past the window's end, so a slow clock elsewhere finds it.
+                    pipe.pexpire(name, math.ceil((end - now + 1) * 1000))
+                replies = await pipe.execute()
+        except FAILURES as exc:
             self.guard.failed(exc)
             return self._local_hits(hits, now)
         self.guard.succeeded()
@@ -185,8 +151,13 @@ class _Slot:
         self.name = name
 
     async def __aenter__(self) -> None:
-        if await self.slots._count_with(self.user_id, self.name) > self.cap:
-            await self.slots._drop(self.user_id, self.name)
+        try:
+            count = await self.slots._count_with(self.user_id, self.name)
+        except BaseException:  # e.g. the client hung up meanwhile: the slot was counted already
+            await self.__aexit__()
+            raise
+        if count > self.cap:
+            await self.__aexit__()
             raise TooManyRequests("too many open streams", STREAM_RETRY_AFTER, limit=self.cap)
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -217,14 +188,13 @@ class RedisStreamSlots(StreamSlots):
         now = time.time()
         key = self._key(user_id)
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.zremrangebyscore(key, "-inf", now)  # streams of processes that died
-                    pipe.zadd(key, {self._member(slot): now + self.ttl})
-                    pipe.zcard(key)
-                    pipe.pexpire(key, math.ceil(self.ttl * 1000))
-                    _, _, count, _ = await pipe.execute()
-        except RedisFailure as exc:
+            async with bounded(), self.redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(key, "-inf", now)  # streams of processes that died
+                pipe.zadd(key, {self._member(slot): now + self.ttl})
+                pipe.zcard(key)
+                pipe.pexpire(key, math.ceil(self.ttl * 1000))
+                _, _, count, _ = await pipe.execute()
+        except FAILURES as exc:
             self.guard.failed(exc)
             return local
         self.guard.succeeded()
@@ -234,8 +204,8 @@ class RedisStreamSlots(StreamSlots):
         await super()._drop(user_id, slot)
         if not self.guard.ready():
             return  # the entry expires in Redis by itself
-        with contextlib.suppress(*RedisFailure):
-            async with asyncio.timeout(REDIS_TIMEOUT):
+        with contextlib.suppress(*FAILURES):
+            async with bounded():
                 await self.redis.zrem(self._key(user_id), self._member(slot))
 
     async def start(self, keeper: Keeper) -> None:
@@ -250,9 +220,9 @@ class RedisStreamSlots(StreamSlots):
         """Push back the expiry of this process's open streams, well before it comes."""
         while True:
             await asyncio.sleep(self.ttl / 3)
-            with contextlib.suppress(*RedisFailure):
+            with contextlib.suppress(*FAILURES):
                 expires = time.time() + self.ttl
-                async with self.redis.pipeline(transaction=False) as pipe:
+                async with bounded(), self.redis.pipeline(transaction=False) as pipe:
                     for user_id, slots in list(self._local.items()):
                         pipe.zadd(self._key(user_id), {self._member(s): expires for s in slots})
                         pipe.pexpire(self._key(user_id), math.ceil(self.ttl * 1000))

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as redis
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from .keeper import Keeper
 from .models import User
+from .redis_policy import FAILURES, bounded
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,11 @@ class Presence(abc.ABC):
         count = self._local.get(user_id, 0)
         self._local[user_id] = count + 1
         if count == 0:
-            await self._first_stream(user_id)
+            try:
+                await self._first_stream(user_id)
+            except BaseException:  # e.g. the client hung up meanwhile: it was counted already
+                await self._exit(user_id)
+                raise
 
     async def _exit(self, user_id: int) -> None:
         count = self._local.pop(user_id) - 1
@@ -111,9 +115,9 @@ class RedisPresence(Presence):
         await super().close()
         if self._keeper is not None:
             await self._keeper.stop("presence-refresh")
-        with contextlib.suppress(RedisError, OSError):
-            for user_id in list(self._local):
-                await self._leave(user_id)
+        with contextlib.suppress(*FAILURES):  # else the entries expire by themselves
+            async with bounded():
+                await self._leave(*self._local)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(user_ids)
@@ -121,30 +125,35 @@ class RedisPresence(Presence):
             return set()
         now = time.time()
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with bounded(), self.redis.pipeline(transaction=False) as pipe:
                 for user_id in ids:
                     pipe.zcount(self._key(user_id), now, "+inf")
                 counts = await pipe.execute()
-        except (RedisError, OSError):
+        except FAILURES:
             return {u for u in ids if u in self._local}  # Redis away: what this process knows
         return {u for u, n in zip(ids, counts, strict=True) if n}
 
+    # Redis away or silent: presence fails open. The stream goes on, the user counts as online
+    # in this process and is announced (the refresher records them once Redis answers).
+
     async def _first_stream(self, user_id: int) -> None:
         try:
-            others = await self._alive_elsewhere(user_id)
-            await self._join(user_id)
-        except (RedisError, OSError) as exc:
-            log.warning("presence: redis unreachable (%s)", exc)
+            async with bounded():
+                others = await self._alive_elsewhere(user_id)
+                await self._join(user_id)
+        except FAILURES as exc:
+            log.warning("presence: redis unreachable (%r)", exc)
             others = 0
         if not others:
             await self.announce(user_id, True)
 
     async def _last_stream(self, user_id: int) -> None:
         try:
-            await self._leave(user_id)
-            others = await self._alive_elsewhere(user_id)
-        except (RedisError, OSError) as exc:
-            log.warning("presence: redis unreachable (%s)", exc)
+            async with bounded():
+                await self._leave(user_id)
+                others = await self._alive_elsewhere(user_id)
+        except FAILURES as exc:
+            log.warning("presence: redis unreachable (%r)", exc)
             others = 0
         if not others:
             await self.announce(user_id, False)
@@ -156,35 +165,41 @@ class RedisPresence(Presence):
     async def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
         return [_text(m) for m in await self.redis.zrangebyscore(key, low, high)]
 
-    async def _join(self, user_id: int) -> None:
+    async def _join(self, *user_ids: int) -> None:
         expires = time.time() + self.ttl
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._key(user_id), {self.process_id: expires})
-            pipe.zadd(self._expiries, {f"{user_id}:{self.process_id}": expires})
+            for user_id in user_ids:
+                pipe.zadd(self._key(user_id), {self.process_id: expires})
+                pipe.zadd(self._expiries, {f"{user_id}:{self.process_id}": expires})
             await pipe.execute()
 
-    async def _leave(self, user_id: int) -> None:
+    async def _leave(self, *user_ids: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self._key(user_id), self.process_id)
-            pipe.zrem(self._expiries, f"{user_id}:{self.process_id}")
+            for user_id in user_ids:
+                pipe.zrem(self._key(user_id), self.process_id)
+                pipe.zrem(self._expiries, f"{user_id}:{self.process_id}")
             await pipe.execute()
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
-            with contextlib.suppress(RedisError, OSError):
-                for user_id in list(self._local):
-                    await self._join(user_id)
+            with contextlib.suppress(*FAILURES):
+                async with bounded():
+                    await self._join(*self._local)
                 await self._sweep()
 
     async def _sweep(self) -> None:
         """Entries of processes that stopped refreshing: their users may have gone offline."""
-        for entry in await self._members(self._expiries, "-inf", time.time()):
+        async with bounded():
+            expired = await self._members(self._expiries, "-inf", time.time())
+        for entry in expired:
             user_id, _, process_id = entry.partition(":")
-            if not await self.redis.zrem(self._expiries, entry):
-                continue  # another process swept it first
-            await self.redis.zrem(self._key(int(user_id)), process_id)
-            if not await self.redis.zcount(self._key(int(user_id)), time.time(), "+inf"):
+            async with bounded():
+                if not await self.redis.zrem(self._expiries, entry):
+                    continue  # another process swept it first
+                await self.redis.zrem(self._key(int(user_id)), process_id)
+                online = await self.redis.zcount(self._key(int(user_id)), time.time(), "+inf")
+            if not online:
                 await self.announce(int(user_id), False)
 
 

@@ -59,7 +59,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # HTTP/1.1 streams are chunked; an HTTP/1.0 client gets the bare frames.
         sub.chunked = response.headers.get("Transfer-Encoding") == "chunked"
         with contextlib.suppress(ConnectionResetError):
-            await _write(response, b"".join(first))
+            await _write(response, sub, b"".join(first))
             await _pump(response, sub, hub.stats.write_latency)
     return response
 
@@ -85,7 +85,7 @@ async def _pump(response: web.StreamResponse, sub: Subscriber, latency: Histogra
             return
         if batch:
             sub.direct = False
-            await _write(response, b"".join(e.frame for e in batch))
+            await _write(response, sub, b"".join(e.frame for e in batch))
             written = time.monotonic()
             for event in batch:
                 latency.observe(written - event.born)
@@ -94,11 +94,15 @@ async def _pump(response: web.StreamResponse, sub: Subscriber, latency: Histogra
             return
 
 
-async def _write(response: web.StreamResponse, data: bytes) -> None:
+async def _write(response: web.StreamResponse, sub: Subscriber, data: bytes) -> None:
     try:
         async with asyncio.timeout(WRITE_TIMEOUT):
             await response.write(data)
     except TimeoutError:
+        # Aborted, not closed: closing would wait to flush to a peer that reads nothing, and
+        # aiohttp's end of the response would block on it again.
+        if sub.transport is not None:
+            sub.transport.abort()
         raise ConnectionResetError("peer stopped reading") from None
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+
 import pytest
 
-from chat_server import service
-from chat_server.models import User
+from chat_server import redis_policy, service
+from chat_server.app import create_app
+from chat_server.limits import RedisStreamSlots
+from chat_server.models import User, utc_now
+from chat_server.presence import RedisPresence
+from chat_server.settings import Settings
 
-from .chat_client import ChatClient
+from .chat_client import AiohttpClient, ChatClient
+from .tcp_proxy import TcpProxy
+from .test_scale_out import shared_redis  # noqa: F401 - the fixture
+from .waiting import eventually
 
 
 async def test_a_per_user_stream_follows_a_dm_made_while_it_reads_its_chats(
@@ -39,3 +50,87 @@ async def test_a_per_user_stream_follows_a_dm_made_while_it_reads_its_chats(
     assert await first.messages(1) == [sent]
     first.close()
     second.close()
+
+
+async def ana_online_for_beto(client: ChatClient) -> bool:
+    """Whether beto's chat list shows ana online (in their DM)."""
+    for chat in await client.chats("beto"):
+        for participant in chat["participants"]:
+            if participant["username"] == "ana":
+                return bool(participant["online"])
+    raise AssertionError("no DM of beto with ana")
+
+
+# Where the stream's setup waits on the database when the client hangs up: announcing the user
+# online (their first stream), reading the user's chats, replaying missed messages.
+STAGES = ("presence", "chats", "replay")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+async def test_hanging_up_during_stream_setup_releases_its_slot_and_presence(
+    proxied_mysql: tuple[str, TcpProxy], aiohttp_client: AiohttpClient, stage: str
+) -> None:
+    url, proxy = proxied_mysql
+    settings = Settings(database_url=url, secret="s", max_streams_per_user=2)
+    client = ChatClient(await aiohttp_client(create_app(settings)))
+    await client.login("ana")
+    await client.login("beto")
+    await client.dm_id("beto", "ana")
+    general = client.store.general_id
+    await client.post(general, "to replay", "beto")
+    # Already online from another stream: the setup has no presence work to do.
+    others = [] if stage == "presence" else [await client.open_stream({"username": "ana"})]
+    params = {"username": "ana"} | ({"chat_id": general} if stage == "replay" else {})
+    headers = {"Last-Event-ID": "0"} if stage == "replay" else {}
+
+    proxy.stall()
+    connecting = asyncio.create_task(client.http.get("/api/stream", params=params, headers=headers))
+    await eventually(lambda: proxy.held > 0, "the stream's setup waits on the database")
+    connecting.cancel()  # the client hangs up
+    with contextlib.suppress(asyncio.CancelledError):
+        await connecting
+    proxy.resume()
+
+    await eventually(lambda: client.hub.subscriber_count == len(others), "the stream is unsubscribed")
+    assert await ana_online_for_beto(client) == bool(others)
+    # Its slot is free again: ana may open as many streams as the cap allows.
+    while len(others) < settings.max_streams_per_user:
+        others.append(await client.open_stream({"username": "ana"}))
+    assert await ana_online_for_beto(client)
+    for stream in others:
+        stream.close()
+    await eventually(client.hub.is_empty, "every stream is closed")
+
+
+async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_presence(
+    shared_redis: str,  # noqa: F811
+) -> None:
+    announced: list[tuple[int, bool]] = []
+
+    async def announce(user_id: int, online: bool) -> None:
+        announced.append((user_id, online))
+
+    ana = User(7, "ana", "user", "N/D", utc_now())
+    namespace = f"chat_test:{uuid.uuid4().hex}"
+    port = int(shared_redis.rsplit(":", 1)[1].split("/")[0])
+    async with TcpProxy(port) as proxy:
+        client = redis_policy.connect(f"redis://127.0.0.1:{proxy.port}/0")
+        slots = RedisStreamSlots(client, namespace, "p1", ttl=30)
+        presence = RedisPresence(announce, client, namespace, "p1", ttl=30)
+        try:
+            proxy.stall()
+            for setup in (slots.hold(ana.id, cap=1), presence.online_while(ana)):
+                held = proxy.held
+                entering = asyncio.create_task(setup.__aenter__())
+                await eventually(lambda: proxy.held > held, "the setup waits on redis")  # noqa: B023
+                entering.cancel()  # the client hung up
+                with contextlib.suppress(asyncio.CancelledError):
+                    await entering
+            # Still silent: this process's own counts decide, and they hold nothing.
+            async with slots.hold(ana.id, cap=1):
+                pass
+            assert await presence.online([ana.id]) == set()
+            assert announced[-1] == (ana.id, False)
+        finally:
+            await presence.close()
+            await client.aclose()

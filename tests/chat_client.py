@@ -68,9 +68,14 @@ class Stream:
         return out
 
     async def ended(self) -> bool:
-        """True once the server has ended the stream (EOF)."""
-        rest = await asyncio.wait_for(self.response.content.read(), WAIT)
-        return rest is not None
+        """Whether the server ended the stream properly (the response's end arrived, so the
+        EventSource reconnects and resumes) within WAIT seconds; False when the connection broke
+        off instead, or nothing ended it."""
+        try:
+            await asyncio.wait_for(self.response.content.read(), WAIT)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+            return False
+        return self.response.content.at_eof()
 
     def close(self) -> None:
         self.response.close()

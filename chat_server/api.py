@@ -28,7 +28,15 @@ from .models import Chat, Message, User
 from .presence import presence_key
 from .settings import settings_key
 from .store import DEFAULT_PAGE, MAX_PAGE, store_key
-from .validation import clean_username, int_value, optional_int, read_body, required_int, required_text
+from .validation import (
+    MAX_ID,
+    clean_username,
+    int_value,
+    optional_int,
+    read_body,
+    required_int,
+    required_text,
+)
 
 # /readyz waits this long for each dependency before calling it unavailable.
 READY_TIMEOUT = 2.0
@@ -106,7 +114,8 @@ async def history_page(request: web.Request, chat: Chat) -> list[Message]:
     """The latest page, the page after `after_id` (polling) or before `before_id` (paging back)."""
     query = request.query
     after_id = optional_int(query, "after_id", minimum=0)
-    before_id = optional_int(query, "before_id")
+    # Copied legacy messages have ids below 0 (migrate_legacy): paging back reaches them.
+    before_id = optional_int(query, "before_id", minimum=-MAX_ID)
     limit = optional_int(query, "limit", maximum=MAX_PAGE) or DEFAULT_PAGE
     return await request.app[store_key].list_messages(
         chat.id, after_id=after_id, before_id=before_id, limit=limit

@@ -8,7 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import api, frontend, legacy, metrics, openapi, service, streams
+from . import api, frontend, legacy, metrics, migrate_legacy, openapi, service, streams
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
 from .edge import decode_headers
 from .errors import error_middleware
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_broker_ctx)
     app.cleanup_ctx.append(_presence_ctx)
     app.cleanup_ctx.append(_limits_ctx)
+    app.cleanup_ctx.append(migrate_legacy.backfill_ctx)
     app.on_shutdown.append(_end_streams)
     api.setup_routes(app)
     legacy.setup_routes(app)

@@ -26,6 +26,7 @@ from .broker import RedisBroker, broker_key
 from .errors import Unauthorized
 from .hub import hub_key
 from .keeper import Keeper, keeper_key
+from .migrate_legacy import LegacyBackfill, backfill_key
 from .settings import settings_key
 from .store import store_key
 
@@ -94,6 +95,7 @@ class ChatCollector:
             "chat_broker_healthy", "1 while fan-out goes through the broker, 0 while degraded", healthy
         )
         yield from _task_metrics(self.app[keeper_key])
+        yield from _legacy_backfill(self.app.get(backfill_key))
 
 
 def _task_metrics(keeper: Keeper) -> Iterator[Metric]:
@@ -107,6 +109,27 @@ def _task_metrics(keeper: Keeper) -> Iterator[Metric]:
     yield restarts
     yield GaugeMetricFamily(
         "chat_background_tasks_down", "Background tasks failed and waiting to be restarted", len(keeper.down)
+    )
+
+
+def _legacy_backfill(backfill: LegacyBackfill | None) -> Iterator[Metric]:
+    if backfill is None:
+        return
+    migration = backfill.migration
+    yield GaugeMetricFamily(
+        "chat_legacy_rows_left",
+        "Rows of the legacy table this process has still to copy into the chats",
+        migration.left if migration else 0,
+    )
+    yield CounterMetricFamily(
+        "chat_legacy_rows_copied",
+        "Rows of the legacy table copied into the chats by this process since it started",
+        migration.report.copied if migration else 0,
+    )
+    yield GaugeMetricFamily(
+        "chat_legacy_copy_done",
+        "1 once this process has nothing more of the legacy table to copy",
+        backfill.done.is_set(),
     )
 
 

@@ -1,10 +1,15 @@
-"""Copy the seed's legacy `mensajes` table into the v2 tables: `python -m chat_server migrate-legacy`.
+"""Copy the seed's legacy `mensajes` table into the v2 tables: in the background at every start
+(`LegacyBackfill`), or by hand with `python -m chat_server migrate-legacy`.
 
 Besides chat_server/legacy.py, this is the only code that knows the legacy table and its names.
 
 - Each legacy row becomes one message of `mensajes_v2`: rows with a `destinatario` go to the DM of
-  that pair, the rest to General. Its timestamp is kept, and the v2 ids follow the legacy rows'
-  time order (timestamp, then id).
+  that pair, the rest to General. Its timestamp is kept. Its id is below 0, so below the id of
+  every new message, past or future: copied rows are history, never "new" to a stream, a resume
+  (Last-Event-ID), a poll or an unread count, while history, ordered by time, shows them among
+  the new messages (docs/design.md, "Legacy history"). Each run takes a block of ids below the
+  lowest id in the table, and within a run the ids follow the legacy rows' time order
+  (timestamp, then id).
 - Users are created as needed, each with a DM with admin as at a first login. The name `admin`,
   or `tipo_usuario` 'admin' in any of a name's rows, gives a new user the admin role (the role
   of a user who already exists is left alone).
@@ -19,24 +24,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pymysql
+from aiohttp import web
 
 from .errors import ApiError
 from .models import ADMIN_USERNAME, User, utc_now
 from .names import name_key
 from .settings import Settings
-from .store import Store, open_store
+from .store import Store, open_store, store_key
 from .store.base import Db, Row, _sql_time
 from .store.sqlite import SqliteStore
 from .validation import clean_username
+
+log = logging.getLogger(__name__)
 
 # Legacy rows read, and then written in one transaction, at a time.
 CHUNK_ROWS = 5000
@@ -127,6 +136,9 @@ class LegacyMigration:
         self._labels: dict[int, str] = {}  # chat id -> label in the summary
         self._admin_keys: set[str] = set()  # names with tipo_usuario 'admin' in some row
         self._admin: User | None = None
+        self._next_id = 0  # the id of the next copied message; < 0
+        self._last_id = -1  # the last id of this run's block
+        self.left = 0  # rows with a timestamp this run has still to read (for /metrics)
 
     async def run(self) -> Report:
         started = time.monotonic()
@@ -140,6 +152,8 @@ class LegacyMigration:
                 "SELECT DISTINCT usuario FROM mensajes WHERE LOWER(TRIM(tipo_usuario)) = 'admin'"
             )
         self.report.copied_before = self.report.total - pending
+        self.left = pending - no_time
+        await self._reserve_ids(self.left)
         self.report.read = no_time
         if no_time:
             self.report.skipped["no timestamp"] = no_time
@@ -149,8 +163,9 @@ class LegacyMigration:
         self._labels[self.store.general_id] = "General"
 
         after: tuple[Any, int] | None = None
-        while True:
-            rows = await self._read(after)
+        while self.left:
+            # Rows added while this runs are for the next run: its ids are for the rows counted.
+            rows = await self._read(after, min(self.chunk_rows, self.left))
             if not rows:
                 break
             after = (rows[-1][3], rows[-1][0])
@@ -158,6 +173,7 @@ class LegacyMigration:
             await self._write(copies)
             self.report.read += len(rows)
             self.report.copied += len(copies)
+            self.left -= len(rows)
             if pending > self.chunk_rows and self.progress is not None:
                 rate = self.report.read / max(time.monotonic() - started, 1e-6)
                 self.progress(
@@ -167,15 +183,24 @@ class LegacyMigration:
         self.report.seconds = time.monotonic() - started
         return self.report
 
-    async def _read(self, after: tuple[Any, int] | None) -> list[Row]:
-        """The next chunk of rows not copied yet, in (timestamp, id) order."""
+    async def _reserve_ids(self, count: int) -> None:
+        """Ids for `count` messages, ending just below both 0 and the lowest id in the table.
+        Another run at the same time would take the same block: its first insert then fails on
+        the primary key and rolls its chunk back (one process copies at a time: LegacyBackfill)."""
+        async with self.store.connection() as db:
+            lowest = await _count(db, "SELECT MIN(id) FROM mensajes_v2")  # the primary key's first entry
+        self._last_id = min(lowest, 0) - 1
+        self._next_id = self._last_id - count + 1
+
+    async def _read(self, after: tuple[Any, int] | None, limit: int) -> list[Row]:
+        """The next `limit` rows not copied yet, in (timestamp, id) order."""
         sql, args = _READ, []
         if after is not None:
             # The timestamp goes back exactly as read, so the comparison is the column's own.
             sql += " AND (m.timestamp > %s OR (m.timestamp = %s AND m.id > %s))"
             args = [after[0], after[0], after[1]]
         async with self.store.connection() as db:
-            return await db.fetchall(sql + " ORDER BY m.timestamp, m.id LIMIT %s", [*args, self.chunk_rows])
+            return await db.fetchall(sql + " ORDER BY m.timestamp, m.id LIMIT %s", [*args, limit])
 
     async def _resolve(self, row: Row) -> _Copy | None:
         legacy_id, usuario, mensaje, timestamp, _, destinatario = row
@@ -254,8 +279,17 @@ class LegacyMigration:
             return
         async with self.store.transaction() as db:
             for batch in _batches(copies):
-                ids = await self.store.insert_messages(
-                    db, [(c.chat_id, c.sender_id, c.contenido, c.timestamp) for c in batch]
+                ids = list(range(self._next_id, self._next_id + len(batch)))
+                self._next_id += len(batch)
+                # Explicit ids: the same statement on every server (no RETURNING needed).
+                await db.execute(
+                    "INSERT INTO mensajes_v2 (id, chat_id, sender_id, contenido, timestamp) VALUES "
+                    + ", ".join(["(%s, %s, %s, %s, %s)"] * len(batch)),
+                    [
+                        v
+                        for c, message_id in zip(batch, ids, strict=True)
+                        for v in (message_id, c.chat_id, c.sender_id, c.contenido, c.timestamp)
+                    ],
                 )
                 await db.execute(
                     "INSERT INTO legacy_migrated (legacy_id, message_id) VALUES "
@@ -302,6 +336,57 @@ def _timestamp(value: Any) -> datetime:
 async def _count(db: Db, sql: str) -> int:
     row = await db.fetchone(sql)
     return int(row[0]) if row and row[0] is not None else 0
+
+
+# -- in the background, at every start ---------------------------------------------------
+
+
+class LegacyBackfill:
+    """Copies what is left of the legacy table while the server serves: a start on a database
+    of the legacy app needs no manual step. One process copies at a time (a named lock on the
+    database); the others leave it to that one.
+
+    `done` is set once this process has nothing more to copy (copied, or another process holds
+    the lock); until then `migration` shows the progress, also in /metrics."""
+
+    LOCK = "chat_server.migrate_legacy"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.migration: LegacyMigration | None = None
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        async with self.store.exclusive(self.LOCK) as held:
+            if held:
+                self.migration = LegacyMigration(self.store, progress=log.info)
+                report = await self.migration.run()
+                if report.read:
+                    for line in report.lines():
+                        log.info("legacy history: %s", line)
+            else:
+                log.info("legacy history: another process is copying it")
+        self.done.set()
+
+
+backfill_key = web.AppKey("legacy_backfill", LegacyBackfill)
+
+
+async def backfill_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Starts the copy once the store is up; stops it (a chunk in flight rolls back) at shutdown."""
+    backfill = app[backfill_key] = LegacyBackfill(app[store_key])
+    task = asyncio.create_task(_logged(backfill), name="legacy backfill")
+    yield
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def _logged(backfill: LegacyBackfill) -> None:
+    try:
+        await backfill.run()
+    except Exception:
+        # Resumable: the chunks written stay, and the next start copies the rest.
+        log.exception("legacy history: copying failed; the next start resumes it")
 
 
 # -- the command ---------------------------------------------------------------------

@@ -235,7 +235,7 @@ async def test_malformed_json_and_non_object_bodies(client: ChatClient) -> None:
         {"chat_id": "x"},
         {"chat_id": "-1"},
         {"chat_id": "1", "after_id": "-1"},
-        {"chat_id": "1", "before_id": "0"},
+        {"chat_id": "1", "before_id": "-2147483648"},
         {"chat_id": "1", "limit": "0"},
         {"chat_id": "1", "limit": "201"},
         {"chat_id": "1", "limit": "ten"},

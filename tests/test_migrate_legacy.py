@@ -159,15 +159,26 @@ async def copied(store: Store, db: LegacyDb) -> dict[int, tuple[int, int, str, s
     """legacy id -> (message id, chat id, sender, text, time) of every copied row."""
     ledger = dict(db.fetchall("SELECT legacy_id, message_id FROM legacy_migrated"))
     chat_ids = {row[0] for row in db.fetchall("SELECT DISTINCT chat_id FROM mensajes_v2")}
-    messages = {
-        m.id: m for chat_id in chat_ids for m in await store.list_messages(chat_id, after_id=0, limit=10_000)
-    }
+    messages = {m.id: m for chat_id in chat_ids for m in await store.list_messages(chat_id, limit=10_000)}
     out = {}
     for legacy_id, message_id in ledger.items():
         m = messages[message_id]
         assert m.username is not None
         out[legacy_id] = (m.id, m.chat_id, m.username, m.contenido, m.timestamp)
     return out
+
+
+async def assert_history_in_time_order(store: Store, db: LegacyDb) -> None:
+    """Every chat's history lists its copied rows in the legacy time order (ties by legacy id),
+    whichever run copied them."""
+    by_message = {
+        message_id: legacy_id
+        for legacy_id, message_id in db.fetchall("SELECT legacy_id, message_id FROM legacy_migrated")
+    }
+    times = {row[0]: row[3] for row in LEGACY}
+    for (chat_id,) in db.fetchall("SELECT DISTINCT chat_id FROM mensajes_v2"):
+        shown = [by_message[m.id] for m in await store.list_messages(chat_id) if m.id in by_message]
+        assert shown == sorted(shown, key=lambda legacy_id: (times.get(legacy_id, "9999"), legacy_id))
 
 
 def v2_count(db: LegacyDb) -> int:
@@ -195,9 +206,11 @@ async def test_every_row_lands_once_in_its_chat_with_its_time_and_reruns_copy_on
         assert text == by_legacy[legacy_id][2]
         assert moment == utc(by_legacy[legacy_id][3])
     # v2 ids follow the legacy time order, ties by legacy id.
+    # Within a run, v2 ids follow the legacy time order, ties by legacy id; all are below 0.
     in_id_order = sorted(rows, key=lambda legacy_id: rows[legacy_id][0])
     assert in_id_order == sorted(rows, key=lambda legacy_id: (by_legacy[legacy_id][3], legacy_id))
     assert in_id_order[:3] == [3, 1, 5]
+    assert max(r[0] for r in rows.values()) < 0
     assert report.per_chat["General"] == 4
     assert sorted(report.per_chat.values()) == [1, 2, 4]
     assert v2_count(legacy_db) == 7
@@ -216,7 +229,9 @@ async def test_every_row_lands_once_in_its_chat_with_its_time_and_reruns_copy_on
     assert (third.copied_before, third.copied, third.users_created) == (7, 1, 1)
     rows_after = await copied(store, legacy_db)
     assert rows_after[10][1:] == (store.general_id, "nueva", "llegó después ✨", utc("2025-03-02 08:00:00"))
-    assert rows_after[10][0] > max(r[0] for r in rows.values())
+    # A later run takes ids below the earlier ones; history still lists it by its time.
+    assert rows_after[10][0] < min(r[0] for r in rows.values())
+    await assert_history_in_time_order(store, legacy_db)
     assert {k: v for k, v in rows_after.items() if k != 10} == rows
 
 
@@ -254,13 +269,11 @@ async def test_the_command_prints_progress_and_a_summary(legacy_db: LegacyDb, st
 async def test_a_run_that_fails_half_way_leaves_whole_chunks_and_the_next_run_finishes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On MariaDB, with one INSERT a row (the MySQL 8 path, which has no INSERT ... RETURNING)."""
     with seed_made_database() as db:
         store = open_store(db.url)
         await store.start()
         try:
             db.insert_legacy(LEGACY)
-            store.returning = False  # also covers one INSERT a row, as on MySQL (no RETURNING)
             real_write = LegacyMigration._write
             calls: list[int] = []
 
@@ -282,8 +295,7 @@ async def test_a_run_that_fails_half_way_leaves_whole_chunks_and_the_next_run_fi
             rows = await copied(store, db)
             assert set(rows) == set(EXPECTED)
             assert v2_count(db) == 7
-            in_id_order = sorted(rows, key=lambda legacy_id: rows[legacy_id][0])
-            assert in_id_order == [3, 1, 5, 2, 4, 6, 7]
+            await assert_history_in_time_order(store, db)
         finally:
             await store.close()
 

@@ -77,17 +77,29 @@ def _message_table_plans(plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [p for p in plans if p["table"] == "m" or p["table"] == "mensajes_v2"]
 
 
-@pytest.mark.parametrize("page", ["latest", "after_id", "before_id"])
+@pytest.mark.parametrize("page", ["latest", "after_id", "before_id", "before_id_elsewhere"])
 async def test_history_and_polling_read_through_the_chat_index(
     store: MysqlStore, monkeypatch: pytest.MonkeyPatch, page: str
 ) -> None:
     _, chat_ids = await _fill(store, chats=20, per_chat=300)
-    kwargs = {"latest": {}, "after_id": {"after_id": 3000}, "before_id": {"before_id": 3000}}[page]
+    # Message 3004 is in chat_ids[3] (rows go round the chats); 3000 is in another chat.
+    kwargs = {
+        "latest": {},
+        "after_id": {"after_id": 3000},
+        "before_id": {"before_id": 3004},
+        "before_id_elsewhere": {"before_id": 3000},
+    }[page]
     plans = await _plans(store, monkeypatch, lambda: store.list_messages(chat_ids[3], **kwargs))
-    for plan in _message_table_plans(plans):
-        assert plan["key"] == "idx_chat_id", plan
+    # Polling follows ids; history pages follow time (timestamp, then the id InnoDB appends).
+    index = "idx_chat_id" if page == "after_id" else "idx_chat_time"
+    pages = [p for p in _message_table_plans(plans) if p["table"] == "m"]
+    assert len(pages) == 1, plans
+    for plan in pages:
+        assert plan["key"] == index, plan
         assert plan["type"] in ("ref", "range"), plan
         assert "filesort" not in (plan["extra"] or ""), plan
+    # The before_id cursor's own row is found by its primary key.
+    assert all(p["key"] == "PRIMARY" for p in _message_table_plans(plans) if p["table"] != "m"), plans
 
 
 async def test_stream_replay_reads_through_an_index(

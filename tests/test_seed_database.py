@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from chat_server.app import create_app
+from chat_server.migrate_legacy import backfill_key
 from chat_server.settings import Settings
 
-from .chat_client import AiohttpClient, ChatClient
+from .chat_client import WAIT, AiohttpClient, ChatClient
 from .databases import create_database, run_sql, throwaway_database
 
 SEED_SQL = Path(__file__).with_name("seed_schema.sql")
@@ -25,7 +27,9 @@ SEED_ROWS = [
     "INSERT INTO chat_participants (chat_id, user_id) VALUES (1, 1), (1, 2), (1, 3), (2, 1), (2, 2)",
     "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
     "(1, 2, 'hola a todos 👋', '2026-01-02 15:04:05'), (2, 1, 'hola Lucía', '2026-01-02 15:05:00')",
-    "INSERT INTO mensajes (usuario, mensaje, tipo_usuario) VALUES ('pedro', 'mensaje antiguo', 'cliente')",
+    # The legacy app's row, older than the new flow's, is copied into General at start.
+    "INSERT INTO mensajes (usuario, mensaje, tipo_usuario, timestamp) "
+    "VALUES ('pedro', 'mensaje antiguo', 'cliente', '2026-01-02 15:04:30')",
 ]
 
 
@@ -39,8 +43,10 @@ async def test_server_starts_on_a_seed_made_database_and_loses_nothing(
 
         for start in range(2):  # and a second start on our own database
             client = ChatClient(await aiohttp_client(create_app(Settings(database_url=url))))
+            await asyncio.wait_for(client.app[backfill_key].done.wait(), WAIT)
             general = await client.history(1)
-            expected = [("Lucía", "hola a todos 👋")] + [("pedro", f"start {n} ✓") for n in range(start)]
+            expected = [("Lucía", "hola a todos 👋"), ("pedro", "mensaje antiguo")]
+            expected += [("pedro", f"start {n} ✓") for n in range(start)]
             assert [(m["username"], m["contenido"]) for m in general] == expected
             assert general[0]["timestamp"] == "2026-01-02T10:04:05-05:00"
             # The seed's DM is found again, not duplicated.
@@ -60,6 +66,7 @@ async def test_server_starts_on_a_seed_made_database_and_loses_nothing(
         client = ChatClient(await aiohttp_client(create_app(Settings(database_url=url))))
         assert [m["contenido"] for m in await client.history(1)] == [
             "hola a todos 👋",
+            "mensaje antiguo",
             "start 0 ✓",
             "start 1 ✓",
         ]

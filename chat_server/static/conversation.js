@@ -166,7 +166,8 @@ function scrollToEnd() {
   el.mensajes.scrollTop = el.mensajes.scrollHeight;
 }
 
-/** Add messages to the open chat in id order, each once. */
+/** Add messages to the open chat in time order (then id), each once: copied legacy messages
+ * have ids below 0 and sit among the new ones by their time, as history pages list them. */
 function showMessages(messages) {
   const follow = nearEnd();
   const openId = chats.selected();
@@ -175,20 +176,29 @@ function showMessages(messages) {
     if (m.chat_id !== openId || shown.has(m.id)) continue;
     const item = messageItem(m);
     shown.set(m.id, item);
-    if (m.id > newestId) {
+    const last = el.listaMensajes.lastElementChild;
+    if (!last || comesAfter(item, last)) {
       el.listaMensajes.appendChild(item);
     } else {
-      const after = [...el.listaMensajes.children].find((node) => Number(node.dataset.id) > m.id);
+      const after = [...el.listaMensajes.children].find((node) => comesAfter(node, item));
       el.listaMensajes.insertBefore(item, after || null);
     }
     newestId = Math.max(newestId, m.id);
-    oldestId = oldestId === null ? m.id : Math.min(oldestId, m.id);
+    // Paging back continues from the first message in time, which need not have the lowest id.
+    oldestId = Number(el.listaMensajes.querySelector(".msg").dataset.id);
     mine = mine || m.sender_id === me().id;
   }
   renderDays();
   renderSeen();
   if (historyLoaded && (follow || mine)) scrollToEnd();
   if (historyLoaded && !hasOlder) noteHistory();
+}
+
+/** Whether message item `a` comes after `b`: by time, then by id (day separators never do). */
+function comesAfter(a, b) {
+  const at = Date.parse(a.dataset.time);
+  const bt = Date.parse(b.dataset.time);
+  return at > bt || (at === bt && Number(a.dataset.id) > Number(b.dataset.id));
 }
 
 function messageItem(m) {

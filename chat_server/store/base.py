@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -159,6 +159,12 @@ class Store(abc.ABC):
         for row in rows:
             await self.get_or_create_dm(admin, self._user(row))
 
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Whether this process holds the lock `name`, among every process on this database, for
+        the block (never waiting for it). The embedded store serves one process: it always does."""
+        yield True
+
     async def ping(self) -> None:
         async with self.connection() as db:
             await db.fetchone("SELECT 1")
@@ -256,7 +262,7 @@ class Store(abc.ABC):
             )
             await db.execute(
                 "INSERT IGNORE INTO chat_reads (chat_id, user_id, last_read_id) VALUES (%s, %s, %s)",
-                (self.general_id, user.id, row[0] if row else 0),
+                (self.general_id, user.id, max(row[0], 0) if row else 0),  # >= 0: see mark_read
             )
 
     # -- chats -------------------------------------------------------------------
@@ -337,7 +343,8 @@ class Store(abc.ABC):
         the chat's newest message. The marker with its unread count, and whether it moved."""
         async with self.connection() as db:
             row = await db.fetchone("SELECT MAX(id) FROM mensajes_v2 WHERE chat_id = %s", (chat_id,))
-            newest = int(row[0]) if row and row[0] is not None else 0
+            # Copied legacy messages (ids below 0) are history, never unread: a marker stays >= 0.
+            newest = max(int(row[0]), 0) if row and row[0] is not None else 0
             target = min(last_read_id, newest)
             # Two portable statements instead of an upsert: the UPDATE only ever raises the marker.
             inserted, _ = await db.execute(
@@ -477,25 +484,38 @@ class Store(abc.ABC):
         before_id: int | None = None,
         limit: int = DEFAULT_PAGE,
     ) -> list[Message]:
-        """Oldest first: the `limit` after `after_id`, else the latest `limit` before `before_id`."""
-        where, args = ["m.chat_id = %s"], [chat_id]
+        """Oldest first. With `after_id`, the first `limit` after it in id order: what arrived
+        since (polling), new messages only. Otherwise the latest `limit` in time order (timestamp,
+        then id), before message `before_id` when given: history, where copied legacy messages
+        (ids below 0) sit among the others by their time (docs/design.md, "Legacy history")."""
         if after_id is not None:
-            where.append("m.id > %s")
-            args.append(after_id)
-        if before_id is not None:
-            where.append("m.id < %s")
-            args.append(before_id)
-        newest_first = after_id is None
-        sql = (
-            _MESSAGE_SELECT
-            + "WHERE "
-            + " AND ".join(where)  # idx_chat_id (chat_id, id)
-            + f" ORDER BY m.id {'DESC' if newest_first else 'ASC'} LIMIT %s"
-        )
+            where, args = "m.chat_id = %s AND m.id > %s", [chat_id, after_id]
+            if before_id is not None:
+                where, args = where + " AND m.id < %s", [*args, before_id]
+            sql = _MESSAGE_SELECT + f"WHERE {where} ORDER BY m.id LIMIT %s"  # idx_chat_id (chat_id, id)
+            async with self.connection() as db:
+                return [self._message(r) for r in await db.fetchall(sql, [*args, limit])]
+        where, args = "m.chat_id = %s", [chat_id]
         async with self.connection() as db:
+            if before_id is not None:
+                condition, values = await self._before(db, chat_id, before_id)
+                where, args = where + condition, [*args, *values]
+            # idx_chat_time (chat_id, timestamp), which InnoDB and SQLite extend with the id.
+            sql = _MESSAGE_SELECT + f"WHERE {where} ORDER BY m.timestamp DESC, m.id DESC LIMIT %s"
             rows = await db.fetchall(sql, [*args, limit])
-        messages = [self._message(r) for r in rows]
-        return messages[::-1] if newest_first else messages
+        return [self._message(r) for r in reversed(rows)]
+
+    @staticmethod
+    async def _before(db: Db, chat_id: int, before_id: int) -> tuple[str, list[Any]]:
+        """The condition "before message `before_id`" in time order; for an id that is no message
+        of the chat (a client asking for the newest page with a large id), "id below it"."""
+        row = await db.fetchone(
+            "SELECT timestamp FROM mensajes_v2 WHERE id = %s AND chat_id = %s", (before_id, chat_id)
+        )
+        if row is None or row[0] is None:
+            return " AND m.id < %s", [before_id]
+        # The timestamp goes back exactly as read, so the comparison is the column's own.
+        return " AND (m.timestamp < %s OR (m.timestamp = %s AND m.id < %s))", [row[0], row[0], before_id]
 
     async def messages_since(
         self, chat_ids: Sequence[int], after_id: int, upto_id: int, limit: int

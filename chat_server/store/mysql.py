@@ -213,6 +213,19 @@ class MysqlStore(Store):
             yield _MysqlDb(conn, autocommit=True, timeout=QUERY_TIMEOUT)
 
     @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        # A named lock belongs to the connection: it is held on this one, borrowed for the block,
+        # and freed by the server if the process dies.
+        async with self.connection() as db:
+            row = await db.fetchone("SELECT GET_LOCK(%s, 0)", (name,))
+            held = bool(row and row[0] == 1)
+            try:
+                yield held
+            finally:
+                if held:
+                    await db.fetchone("SELECT RELEASE_LOCK(%s)", (name,))
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Db]:
         async with self._acquire() as conn:
             async with asyncio.timeout(QUERY_TIMEOUT):

@@ -37,6 +37,7 @@ import pymysql
 from aiohttp import web
 
 from .errors import ApiError
+from .keeper import keeper_key
 from .models import ADMIN_USERNAME, User, utc_now
 from .names import name_key
 from .settings import Settings
@@ -370,23 +371,18 @@ class LegacyBackfill:
 
 
 backfill_key = web.AppKey("legacy_backfill", LegacyBackfill)
+BACKFILL_TASK = "legacy backfill"
 
 
 async def backfill_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Starts the copy once the store is up; stops it (a chunk in flight rolls back) at shutdown."""
+    """Starts the copy once the store is up, under the keeper: a failed run is logged and run
+    again after a pause (it resumes where the chunks stopped). Stopped at shutdown: a chunk in
+    flight rolls back."""
     backfill = app[backfill_key] = LegacyBackfill(app[store_key])
-    task = asyncio.create_task(_logged(backfill), name="legacy backfill")
+    keeper = app[keeper_key]
+    keeper.spawn(BACKFILL_TASK, backfill.run)
     yield
-    task.cancel()
-    await asyncio.wait([task])
-
-
-async def _logged(backfill: LegacyBackfill) -> None:
-    try:
-        await backfill.run()
-    except Exception:
-        # Resumable: the chunks written stay, and the next start copies the rest.
-        log.exception("legacy history: copying failed; the next start resumes it")
+    await keeper.stop(BACKFILL_TASK)
 
 
 # -- the command ---------------------------------------------------------------------

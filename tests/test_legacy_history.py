@@ -124,3 +124,22 @@ async def test_servers_starting_together_copy_each_row_once(start: Start) -> Non
         assert db.fetchall("SELECT COUNT(*), COUNT(DISTINCT contenido) FROM mensajes_v2")[0] == (300, 300)
         history = await clients[0].history(clients[0].store.general_id, limit=200)
         assert [m["contenido"] for m in history] == [f"fila {i}" for i in range(101, 301)]
+
+
+async def test_with_only_copied_rows_streams_start_from_zero(
+    legacy_db: LegacyDb,  # noqa: F811 - fixture
+    start: Start,
+) -> None:
+    first = await start(legacy_db.url)  # makes the tables on SQLite
+    await first.http.close()
+    legacy_db.insert_legacy([(1, "pedro", "antiguo", "2025-03-01 14:00:00", "cliente", None)])
+    client = await start(legacy_db.url)
+    general = client.store.general_id
+    assert [m["id"] < 0 for m in await client.history(general)] == [True]
+    # The newest "new" id is 0, not the copied row's: a resume from 0 replays nothing old.
+    assert await client.store.latest_message_id() == 0
+    stream = await client.open_stream({"chat_id": general}, {"Last-Event-ID": "0"})
+    posted = await client.post(general, "primero nuevo", "ana")
+    assert [m["contenido"] for m in await stream.messages(1)] == ["primero nuevo"]
+    assert posted["id"] > 0
+    stream.close()

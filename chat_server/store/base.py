@@ -541,9 +541,11 @@ class Store(abc.ABC):
         return [self._message(r) for r in rows]
 
     async def latest_message_id(self) -> int:
+        """The newest new message's id; 0 when there is none. Copied legacy messages (ids below 0)
+        are history: streams, their replay and the catch-up start from here and never see them."""
         async with self.connection() as db:
             row = await db.fetchone("SELECT MAX(id) FROM mensajes_v2")
-        return int(row[0]) if row and row[0] is not None else 0
+        return max(int(row[0]), 0) if row and row[0] is not None else 0
 
     # -- rows to values ----------------------------------------------------------
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from chat_server import streams
 from chat_server.app import create_app
 from chat_server.settings import Settings
+from chat_server.store import mysql
 
 from .chat_client import WAIT, AiohttpClient, ChatClient
 from .tcp_proxy import TcpProxy
@@ -139,3 +141,22 @@ async def test_a_silent_redis_holds_up_no_login_post_or_stream(
         proxy.resume()
         await readyz_until(client, 200)
         await client.http.close()
+
+
+async def test_starting_against_a_silent_database_fails_instead_of_hanging(
+    proxied_mysql: tuple[str, TcpProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mysql, "START_TIMEOUT", 0.5)
+    url, proxy = proxied_mysql
+    proxy.stall()  # the TCP connect succeeds; the handshake gets no answer
+    server = TestServer(create_app(Settings(database_url=url, secret="s")))
+    starting = asyncio.create_task(server.start_server())
+    try:
+        done, _ = await asyncio.wait([starting], timeout=WAIT)
+        assert done, "the start hung"
+        with pytest.raises(TimeoutError):
+            starting.result()
+    finally:
+        starting.cancel()
+        await server.close()
+    assert proxy.held, "the server did reach the database's port"

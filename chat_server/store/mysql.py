@@ -29,6 +29,8 @@ warnings.filterwarnings("ignore", category=pymysql.err.Warning)
 # waits for TCP keepalive, hours. A statement that times out closes its connection.
 ACQUIRE_TIMEOUT = 2.0
 QUERY_TIMEOUT = 2.0
+# Connecting and creating the database at start-up.
+START_TIMEOUT = 10.0
 # At shutdown, how long connections still borrowed may take to come back.
 CLOSE_TIMEOUT = 5.0
 # Below common load-balancer idle timeouts (300 s), which drop connections silently.
@@ -143,14 +145,17 @@ class MysqlStore(Store):
         self.dialect: Dialect | None = None  # known once migrate() has asked the server
 
     async def migrate(self) -> None:
-        await self._create_database()
-        self._pool = await aiomysql.create_pool(
-            db=self.url.database,
-            minsize=1,
-            maxsize=self.pool_size,
-            pool_recycle=POOL_RECYCLE,
-            **self.url.connect_args(),
-        )
+        # connect_timeout covers the TCP connect only, not the handshake (PITFALLS 2.4): a
+        # database that does not answer at start-up fails the start instead of hanging it.
+        async with asyncio.timeout(START_TIMEOUT):
+            await self._create_database()
+            self._pool = await aiomysql.create_pool(
+                db=self.url.database,
+                minsize=1,
+                maxsize=self.pool_size,
+                pool_recycle=POOL_RECYCLE,
+                **self.url.connect_args(),
+            )
         # Schema changes may take long on big tables: no statement time limit here.
         async with self._acquire() as conn:
             db = _MysqlDb(conn, autocommit=True, timeout=None)

@@ -35,6 +35,48 @@ MARIADB_ONLY = {
 }
 _PATTERNS = {name: re.compile(pattern, re.IGNORECASE | re.DOTALL) for name, pattern in MARIADB_ONLY.items()}
 _KEYWORD = re.compile(r"\b(SELECT|FROM|WHERE)\b|[()]", re.IGNORECASE)
+# Words MySQL 8.0 made reserved (the manual's "Keywords and Reserved Words in MySQL 8.0", marked
+# added in 8.0 and (R)): unquoted, none may name a table, a column or an alias.
+MYSQL8_RESERVED = frozenset(
+    [
+        "CUBE",
+        "CUME_DIST",
+        "DENSE_RANK",
+        "EMPTY",
+        "EXCEPT",
+        "FIRST_VALUE",
+        "FUNCTION",
+        "GROUPING",
+        "GROUPS",
+        "INTERSECT",
+        "JSON_TABLE",
+        "LAG",
+        "LAST_VALUE",
+        "LATERAL",
+        "LEAD",
+        "NTH_VALUE",
+        "NTILE",
+        "OF",
+        "OVER",
+        "PERCENT_RANK",
+        "RANK",
+        "RECURSIVE",
+        "ROW",
+        "ROWS",
+        "ROW_NUMBER",
+        "SYSTEM",
+        "WINDOW",
+    ]
+)
+# Where a statement names something: a table made or altered, a column defined or added, an alias.
+_NAMED = re.compile(
+    r"\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)"
+    r"|\bALTER\s+TABLE\s+(\w+)"
+    r"|\bADD\s+COLUMN\s+(\w+)"
+    r"|\bAS\s+(\w+)"
+    r"|[(,]\s*(\w+)\s+(?:BIG|TINY|SMALL|MEDIUM)?(?:INT|INTEGER|VARCHAR|TEXT|TIMESTAMP|DATETIME|ENUM|CHAR|BOOL)\b",
+    re.IGNORECASE,
+)
 
 
 def mariadb_only(sql: str) -> list[str]:
@@ -42,6 +84,8 @@ def mariadb_only(sql: str) -> list[str]:
     found = [name for name, pattern in _PATTERNS.items() if pattern.search(sql)]
     if _select_where_without_from(sql):
         found.append("SELECT ... WHERE without FROM (MySQL 8.0 wants FROM DUAL)")
+    names = {name.upper() for match in _NAMED.finditer(sql) for name in match.groups() if name}
+    found += [f"{word}: reserved in MySQL 8.0" for word in sorted(names & MYSQL8_RESERVED)]
     return found
 
 

@@ -85,6 +85,11 @@ MARIADB_FORMS = [
     "CREATE TABLE t (a INT) COLLATE=utf8mb4_general_ci",
     "CREATE TABLE t (a INT) DEFAULT CHARSET=latin1",
     "INSERT INTO chats (type) SELECT 'general' WHERE NOT EXISTS (SELECT 1 FROM chats)",
+    # Not MariaDB syntax, but names MySQL 8.0 reserved: as valid on MariaDB as they are not on MySQL.
+    "CREATE TABLE IF NOT EXISTS t (id INT, rank INT)",
+    "ALTER TABLE t ADD COLUMN groups VARCHAR(10)",
+    "SELECT COUNT(*) AS rows FROM t",
+    "CREATE TABLE window (a INT)",
 ]
 PORTABLE_FORMS = [
     "INSERT INTO chats (type) SELECT 'general' FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM chats WHERE a = 1)",

@@ -10,7 +10,7 @@ from aiohttp.typedefs import Middleware
 
 from . import api, frontend, legacy, metrics, migrate_legacy, openapi, service, streams
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
-from .edge import decode_headers
+from .edge import MAX_BODY_BYTES, decode_headers
 from .errors import error_middleware
 from .hub import Hub, hub_key
 from .keeper import Keeper, keeper_key
@@ -20,8 +20,6 @@ from .proxies import TrustedProxies, proxy_middleware
 from .settings import Settings, settings_key
 from .store import open_store, store_key
 
-# Requests larger than this are refused with 413; a message is at most a few KiB.
-MAX_BODY_BYTES = 64 * 1024
 CORS_HEADERS = ("Content-Type", "Authorization", "X-Username", "Last-Event-ID")
 
 
@@ -31,7 +29,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
     if settings.trusted_proxies:
         # First, so that everything after it (errors, limits, cookies) sees the client.
         middlewares.insert(0, proxy_middleware(TrustedProxies(settings.trusted_proxies)))
-    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=MAX_BODY_BYTES,
+        # Bodies are decompressed by edge.body_bytes, where a lie is always a 400 JSON.
+        handler_args={"auto_decompress": False},
+    )
     app[settings_key] = settings
     app.cleanup_ctx.append(_keeper_ctx)
     app.cleanup_ctx.append(_store_ctx)

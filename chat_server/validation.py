@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from . import jsonutil
+from .edge import body_bytes
 from .errors import BadRequest
 
 # The seed's column: usuarios.username VARCHAR(100).
@@ -23,9 +24,6 @@ MULTIPART = "multipart/form-data"
 # Arabic-Indic digits), at most
 # one minus sign, and few enough digits that int() never meets its 4300-digit limit.
 INTEGER = re.compile(r"-?[0-9]{1,18}")
-# What aiohttp decodes (br through the Brotli package); it passes any other coding through
-# as it is, and a body in a coding nobody decoded must not be read as if it were plain.
-READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate", "br"})
 # More fields than any route reads, by far: a body of a million empty fields is refused early.
 MAX_FORM_FIELDS = 100
 
@@ -33,17 +31,16 @@ MAX_FORM_FIELDS = 100
 async def read_body(request: web.Request) -> dict[str, Any]:
     """A JSON object or a form-encoded body as a dict; an empty body is {}. A body that cannot
     be decoded (an unknown charset, bytes that are not in it, a broken multipart) is a 400."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in READABLE_ENCODINGS:
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
     if request.content_type == URLENCODED:
-        return _urlencoded(await request.read(), request.charset or "utf-8")
+        return _urlencoded(await body_bytes(request), request.charset or "utf-8")
     if request.content_type == MULTIPART:
+        if request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
+            raise BadRequest("a multipart body cannot be compressed")
         try:
             return dict(await request.post())
         except (ValueError, LookupError):  # UnicodeDecodeError is a ValueError
             raise BadRequest("malformed multipart body") from None
-    raw = await request.read()
+    raw = await body_bytes(request)
     if not raw.strip():
         return {}
     try:

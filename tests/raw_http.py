@@ -4,6 +4,7 @@ refuse or re-encode the bytes these tests must send (Latin-1 header values, raw 
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,20 @@ async def send(port: int, request: bytes) -> RawResponse:
         raw = await asyncio.wait_for(reader.read(), WAIT)
     finally:
         writer.close()
+    return parse_response(raw)
+
+
+def send_blocking(port: int, request: bytes) -> RawResponse:
+    """`send` for code without an event loop (Hypothesis tests)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return parse_response(b"".join(chunks))
+
+
+def parse_response(raw: bytes) -> RawResponse:
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = {}

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 import brotli
-import pytest
 
 from chat_server import jsonutil
 
@@ -63,26 +62,25 @@ def message(client: ChatClient, username: bytes | None = None) -> bytes:
 # -- header values ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("sent", "meant"),
-    [
-        ("lucía".encode("latin-1"), "lucía"),  # what a browser's fetch sends
-        ("lucía".encode(), "lucía"),  # what most other clients send
-        (b"zed\xff", "zed\xff"),  # not UTF-8: read as Latin-1, never as 'zed?'
-        ("Øyvind".encode("latin-1"), "Øyvind"),
-    ],
-)
-async def test_a_header_value_is_utf8_or_else_latin1(client: ChatClient, sent: bytes, meant: str) -> None:
-    posted = await send_to(client, "POST", b"/api/messages", [JSON, (b"X-Username", sent)], message(client))
-    assert posted.status == 201, posted.body
-    assert posted.json()["message"]["username"] == meant
-    names, _ = await stored(client)
-    assert names[-1] == meant
-    again = await send_to(client, "GET", b"/api/me", [(b"X-Username", sent)])
-    assert (again.status, again.json()["user"]["username"]) == (200, meant)
+HEADER_TEXT = [
+    ("lucía".encode("latin-1"), "lucía"),  # what a browser's fetch sends
+    ("lucía".encode(), "lucía"),  # what most other clients send
+    (b"zed\xff", "zed\xff"),  # not UTF-8: read as Latin-1, never as 'zed?'
+    ("Øyvind".encode("latin-1"), "Øyvind"),
+]
 
 
-async def test_odd_header_values_get_4xx_json(client: ChatClient) -> None:
+async def test_header_values_are_utf8_or_else_latin1_and_odd_ones_get_4xx_json(client: ChatClient) -> None:
+    for sent, meant in HEADER_TEXT:
+        posted = await send_to(
+            client, "POST", b"/api/messages", [JSON, (b"X-Username", sent)], message(client)
+        )
+        assert (posted.status, posted.json()["message"]["username"]) == (201, meant), sent
+        names, _ = await stored(client)
+        assert names[-1] == meant
+        again = await send_to(client, "GET", b"/api/me", [(b"X-Username", sent)])
+        assert (again.status, again.json()["user"]["username"]) == (200, meant)
+
     general = str(client.store.general_id).encode()
     cases = [
         ("GET", b"/api/me", [(b"Authorization", b"Bearer v1.1.\xc3\xa9")], b""),
@@ -117,20 +115,17 @@ BAD_INTEGERS = [
 ]
 
 
-async def test_integers_in_queries_and_paths_are_one_strict_pattern(client: ChatClient) -> None:
+async def test_integers_in_queries_paths_and_bodies_are_one_strict_pattern(client: ChatClient) -> None:
     cases: list[Case] = []
     for text in BAD_INTEGERS:
         quoted = quote(text).encode()
         cases.append(("GET", b"/api/messages?chat_id=" + quoted, [], b""))
         cases.append(("GET", b"/api/messages?chat_id=1&after_id=" + quoted, [], b""))
         cases.append(("POST", b"/api/chats/" + (quoted or b"%20") + b"/read", [JSON], b'{"last_read_id": 0}'))
-    assert await refused_without_trace(client, cases) == []
-
-
-async def test_integers_in_bodies_must_be_integers_in_range(client: ChatClient) -> None:
+    # In bodies: JSON integers in range, or strings of the same pattern.
     values = [*(jsonutil.dumps(t) for t in BAD_INTEGERS), b"1e400", b"-1", b"2147483648", b"9" * 30]
     values += [b"true", b"5.5", b"[5]", b'{"id": 5}', b"null"]
-    cases = [
+    cases += [
         ("POST", b"/api/messages", [JSON], b'{"chat_id": %s, "contenido": "x", "username": "ana"}' % v)
         for v in values
     ]
@@ -141,7 +136,7 @@ async def test_integers_in_bodies_must_be_integers_in_range(client: ChatClient) 
 # -- cookies ---------------------------------------------------------------------------------
 
 
-async def test_a_foreign_or_broken_cookie_does_not_break_the_users_requests(client: ChatClient) -> None:
+async def test_a_foreign_or_broken_cookie_neither_breaks_a_login_nor_makes_one(client: ChatClient) -> None:
     token = (await client.login("ana"))["token"].encode()
     planted = [
         b"planted=caf\xe9",  # Latin-1, from a sibling subdomain
@@ -154,9 +149,7 @@ async def test_a_foreign_or_broken_cookie_does_not_break_the_users_requests(clie
         for header in (cookie + b"; chat_token=" + token, b"chat_token=" + token + b"; " + cookie):
             answer = await send_to(client, "GET", b"/api/me", [(b"Cookie", header)])
             assert (answer.status, answer.json()["user"]["username"]) == (200, "ana"), header
-
-
-async def test_a_bad_login_cookie_alone_identifies_no_one(client: ChatClient) -> None:
+    # Alone, a login cookie that is not ours identifies no one.
     cases = [
         ("GET", b"/api/me", [(b"Cookie", b"chat_token=" + value)], b"")
         for value in (b"\xc3\xa9", b"v1.1.\xe9", b"v1.\xd9\xa5.x", b"v1.99999999999999999999.x", b"%ff")
@@ -212,21 +205,24 @@ async def test_bodies_that_cannot_be_read_get_4xx_json(client: ChatClient) -> No
     assert await refused_without_trace(client, cases) == []
 
 
-@pytest.mark.parametrize(
-    ("encoding", "compress"),
-    [(b"gzip", gzip.compress), (b"deflate", zlib.compress), (b"br", brotli.compress)],
-)
-async def test_a_compressed_body_that_is_what_it_says_is_read(
-    client: ChatClient, encoding: bytes, compress: Callable[[bytes], bytes]
-) -> None:
-    body = compress(b'{"username": "ana"}')
-    answer: RawResponse = await send_to(
-        client, "POST", b"/api/login", [JSON, (b"Content-Encoding", encoding)], body
-    )
-    assert (answer.status, answer.json()["user"]["username"]) == (201, "ana")
+COMPRESSORS: list[tuple[bytes, Callable[[bytes], bytes]]] = [
+    (b"gzip", gzip.compress),
+    (b"deflate", zlib.compress),
+    (b"deflate", lambda data: zlib.compress(data, wbits=-zlib.MAX_WBITS)),  # raw, as some clients send
+    (b"br", lambda data: bytes(brotli.compress(data, quality=1))),
+]
 
 
-async def test_a_form_in_latin1_is_read_as_latin1(client: ChatClient) -> None:
+async def test_bodies_that_are_what_they_say_are_read(client: ChatClient) -> None:
+    for n, (encoding, compress) in enumerate(COMPRESSORS):
+        body = compress(b'{"username": "ana%d"}' % n)
+        answer = await send_to(client, "POST", b"/api/login", [JSON, (b"Content-Encoding", encoding)], body)
+        assert (answer.status, answer.json()["user"]["username"]) == (201, f"ana{n}"), encoding
     headers = [(b"Content-Type", FORM[1] + b"; charset=latin-1")]
     answer = await send_to(client, "POST", b"/api/login", headers, b"username=luc%EDa")
     assert (answer.status, answer.json()["user"]["username"]) == (201, "lucía")
+    # Small on the wire, too large once decompressed: 413, like a large body.
+    for encoding, compress in COMPRESSORS:
+        bomb = compress(b'{"username": "' + b"a" * 1_000_000 + b'"}')
+        answer = await send_to(client, "POST", b"/api/login", [JSON, (b"Content-Encoding", encoding)], bomb)
+        assert (answer.status, answer.is_json_error()) == (413, True), encoding

@@ -167,7 +167,7 @@ class MysqlStore(Store):
                 await self._run_schema(db, statements("mysql", "schema.sql"))
                 await self._convert_collations(db)
                 await self._run_schema(db, statements("mysql", "migrations.sql"))
-                await self._usernames_as_bytes(db)
+                await self._name_keys(db)
                 await self._key_names(db)
             finally:
                 await db.fetchone("SELECT RELEASE_LOCK('chat_server.migrate')")
@@ -183,20 +183,27 @@ class MysqlStore(Store):
         finally:
             conn.close()
 
-    async def _usernames_as_bytes(self, db: Db) -> None:
-        """The seed's UNIQUE(username) compares by utf8mb4_unicode_ci, which takes names that
-        usuarios.name_key tells apart for one (every character outside the BMP is the same to it;
-        `æ` is `ae`): it would refuse a user the key allows, and the stores would disagree again.
-        Compared as bytes, it refuses only what name_key refuses already."""
-        row = await db.fetchone(
-            "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-            "AND TABLE_NAME = 'usuarios' AND COLUMN_NAME = 'username'"
+    async def _name_keys(self, db: Db) -> None:
+        """usuarios.name_key (chat_server/names.py), one user per key, compared as bytes: the key
+        is canonical already, and a collation would fold it again its own way. The seed's
+        UNIQUE(username) compares by utf8mb4_unicode_ci, which takes names the key tells apart for
+        one (every character outside the BMP is the same to it; `æ` is `ae`): it would refuse a
+        user the key allows, so that column compares bytes too, and refuses only what the key
+        refuses already. One ALTER TABLE for all of it: a single rebuild of the table."""
+        rows = await db.fetchall(
+            "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'usuarios' "
+            "AND COLUMN_NAME IN ('username', 'name_key')"
         )
-        if row is not None and row[0] != "utf8mb4_bin":
-            await db.execute(
-                "ALTER TABLE usuarios MODIFY username VARCHAR(100) "
-                "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
-            )
+        columns = {str(name): collation for name, collation in rows}
+        changes = []
+        if columns.get("username") != "utf8mb4_bin":
+            changes.append("MODIFY username VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL")
+        if "name_key" not in columns:
+            changes.append("ADD COLUMN name_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL")
+            changes.append("ADD UNIQUE INDEX uniq_name_key (name_key)")
+        if changes:
+            await db.execute("ALTER TABLE usuarios " + ", ".join(changes))
 
     async def _convert_collations(self, db: Db) -> None:
         """Tables made by hand from the seed take the server's default charset: make them utf8mb4."""

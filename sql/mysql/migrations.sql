@@ -34,8 +34,6 @@ CREATE TABLE IF NOT EXISTS chat_reads (
     PRIMARY KEY (chat_id, user_id)
 ) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
--- The one notion of "same name" on every store (chat_server/names.py): the name's key, computed
--- by the server, one user per key. Compared as bytes: the key is already canonical, and a
--- collation would fold it again its own way. Filled for existing users at start-up.
-ALTER TABLE usuarios ADD COLUMN name_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL;
-CREATE UNIQUE INDEX uniq_name_key ON usuarios (name_key);
+-- usuarios.name_key, the one notion of "same name" on every store (chat_server/names.py), is
+-- added by MysqlStore._name_keys in one ALTER TABLE together with the change of username's
+-- collation: one table rebuild rather than three, on every new database.

@@ -17,11 +17,13 @@ import aiohttp
 import pytest
 
 from chat_server.app import create_app
-from chat_server.migrate_legacy import backfill_key
+from chat_server.migrate_legacy import LegacyBackfill, backfill_key
 from chat_server.models import utc_now
 from chat_server.settings import Settings
+from chat_server.store import open_store
 
 from .chat_client import WAIT, AiohttpClient, ChatClient
+from .databases import throwaway_database
 from .test_migrate_legacy import LegacyDb, legacy_db, seed_made_database  # noqa: F401 - fixture
 
 Start = Callable[[str], Awaitable[ChatClient]]
@@ -143,3 +145,24 @@ async def test_with_only_copied_rows_streams_start_from_zero(
     assert [m["contenido"] for m in await stream.messages(1)] == ["primero nuevo"]
     assert posted["id"] > 0
     stream.close()
+
+
+async def test_the_copy_lock_is_per_database() -> None:
+    """Named locks are server-wide: servers on other databases of one MariaDB must not wait."""
+    with throwaway_database() as url, throwaway_database() as other_url:
+        stores = [open_store(u) for u in (url, url, other_url)]
+        for store in stores:
+            await store.start()
+        try:
+            holder, same_db, other_db = stores
+            async with (
+                holder.exclusive(LegacyBackfill.LOCK) as held,
+                same_db.exclusive(LegacyBackfill.LOCK) as held_too,
+                other_db.exclusive(LegacyBackfill.LOCK) as held_elsewhere,
+            ):
+                assert (held, held_too, held_elsewhere) == (True, False, True)
+            async with same_db.exclusive(LegacyBackfill.LOCK) as held_after:
+                assert held_after  # released with the block
+        finally:
+            for store in stores:
+                await store.close()

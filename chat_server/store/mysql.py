@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import warnings
 from collections.abc import AsyncIterator, Sequence
@@ -162,7 +163,8 @@ class MysqlStore(Store):
             row = await db.fetchone("SELECT VERSION()")
             self.dialect = detect(str(row[0]) if row else "", self.url.dialect)
             # One process migrates at a time when several start together.
-            await db.fetchone("SELECT GET_LOCK('chat_server.migrate', 60)")
+            migrating = self._lock_name("chat_server.migrate")
+            await db.fetchone("SELECT GET_LOCK(%s, 60)", (migrating,))
             try:
                 await self._run_schema(db, statements("mysql", "schema.sql"))
                 await self._convert_collations(db)
@@ -170,7 +172,7 @@ class MysqlStore(Store):
                 await self._name_keys(db)
                 await self._key_names(db)
             finally:
-                await db.fetchone("SELECT RELEASE_LOCK('chat_server.migrate')")
+                await db.fetchone("SELECT RELEASE_LOCK(%s)", (migrating,))
 
     async def _create_database(self) -> None:
         conn = await aiomysql.connect(**self.url.connect_args())
@@ -224,10 +226,18 @@ class MysqlStore(Store):
         async with self._acquire() as conn:
             yield _MysqlDb(conn, autocommit=True, timeout=QUERY_TIMEOUT)
 
+    def _lock_name(self, purpose: str) -> str:
+        """Named locks belong to the whole server, not to a database: the name carries ours, so
+        servers on other databases of the same MariaDB/MySQL never wait for each other. At most
+        64 characters, as both servers require."""
+        digest = hashlib.sha256(self.url.database.encode()).hexdigest()[:16]
+        return f"{purpose[:47]}/{digest}"
+
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         # A named lock belongs to the connection: it is held on this one, borrowed for the block,
         # and freed by the server if the process dies.
+        name = self._lock_name(name)
         async with self.connection() as db:
             row = await db.fetchone("SELECT GET_LOCK(%s, 0)", (name,))
             held = bool(row and row[0] == 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -12,12 +13,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
 from . import jsonutil
 from .app import create_app
 from .eventloop import new_event_loop
+from .hub import hub_key
 from .metrics import UNMATCHED
 from .proxies import client_address_key
 from .settings import Settings
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 4096
 # Streams are ended from on_shutdown, so handlers finish well within this.
 SHUTDOWN_TIMEOUT = 5.0
+# A stopping worker waits at most this long for its keep-alive clients to close their idle
+# connections; above the upstream keepalive_timeout of deploy/nginx/chat.conf.template (2 s).
+DRAIN_SECONDS = 4.0
+DRAIN_CHECK = 0.05
 # Allocations before a young collection, and how often the older generations are walked.
 GC_THRESHOLDS = (50_000, 20, 100)
 
@@ -96,7 +102,8 @@ def _serve_one(
     sock: socket.socket | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve on host:port, or on a socket the supervisor listens on; on_ready once serving."""
+    """Serve on host:port, or as a supervised worker on the slot's socket (then on_ready once
+    serving, and a drain of keep-alive connections before stopping); until SIGTERM or SIGINT."""
     configure_access_log()
     # Thousands of open streams are hundreds of thousands of long-lived objects: with the
     # default thresholds the collector keeps walking them, and a walk in the middle of a
@@ -104,27 +111,83 @@ def _serve_one(
     gc.set_threshold(*GC_THRESHOLDS)
     limit = raise_open_file_limit()
     log.info("pid %d: open-file limit %d, room for about %d streams", os.getpid(), limit, limit - 100)
-
-    def running(banner: str) -> None:
-        # run_app prints its banner once the app has started and every site listens.
-        if on_ready is None:
-            print(banner)
+    app = create_app(settings)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        if sock is None:
+            runner.run(_serve(app, lambda r: web.TCPSite(r, host, port, backlog=LISTEN_BACKLOG)))
         else:
-            on_ready()
+            runner.run(_serve(app, lambda r: web.SockSite(r, sock), on_ready=on_ready, drain=DRAIN_SECONDS))
 
-    web.run_app(
-        create_app(settings),
-        host=host,
-        port=port,
-        sock=sock,
+
+async def _serve(
+    app: web.Application,
+    make_site: Callable[[web.AppRunner], web.BaseSite],
+    *,
+    on_ready: Callable[[], None] | None = None,
+    drain: float = 0.0,
+) -> None:
+    """web.run_app's steps, with a drain between "stop accepting" and "close everything"."""
+    draining = asyncio.Event()
+
+    async def close_after_response(request: web.Request, response: web.StreamResponse) -> None:
+        if draining.is_set():
+            # aiohttp has built the headers by now: say "close" as well as doing it, or a proxy
+            # sends its next request on a connection that is about to close.
+            response.force_close()
+            response.headers[hdrs.CONNECTION] = "close"
+
+    app.on_response_prepare.append(close_after_response)
+    runner = web.AppRunner(
+        app,
         # Cancel a handler as soon as its client goes away: the same as under test.
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
-        backlog=LISTEN_BACKLOG,
-        loop=new_event_loop(),
         access_log_class=AccessLogger,
-        print=running,
     )
+    await runner.setup()
+    try:
+        site = make_site(runner)
+        await site.start()
+        if on_ready is None:
+            print(f"chat_server on {site.name}", flush=True)
+        else:
+            on_ready()
+        await _signalled(signal.SIGTERM, signal.SIGINT)
+        await site.stop()
+        draining.set()  # before the streams end: their last bytes must not invite a new request
+        await _drain(runner, app, drain)
+    finally:
+        await runner.cleanup()
+
+
+async def _signalled(*signals: signal.Signals) -> None:
+    received = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in signals:
+        loop.add_signal_handler(signum, received.set)
+    await received.wait()
+
+
+async def _drain(runner: web.AppRunner, app: web.Application, seconds: float) -> None:
+    """End the streams, then wait up to `seconds` until every other connection has closed.
+
+    Closing an idle keep-alive connection races with a proxy sending its next request on it
+    (nginx answers that POST with 502, and cannot retry it elsewhere), and an ended stream's
+    connection is such an idle connection. So while draining this worker still serves, each
+    response says "Connection: close", and idle connections are left for the proxy to close
+    (the deploy site's upstream keepalive_timeout is below DRAIN_SECONDS). A stream opened
+    meanwhile is served too (with "Connection: close"), and ended by cleanup.
+    """
+    app[hub_key].end_streams()  # each EventSource resumes on another worker at once
+    server = runner.server
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    # aiohttp has no event for "a connection closed": look every DRAIN_CHECK seconds (first after
+    # one, so that the ended streams' handlers have returned).
+    while loop.time() < deadline:
+        await asyncio.sleep(DRAIN_CHECK)
+        if server is None or len(server.connections) <= app[hub_key].subscriber_count:
+            return
 
 
 def _worker_main(ready: Connection, sock: socket.socket, settings: Settings) -> None:

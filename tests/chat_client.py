@@ -210,3 +210,18 @@ class Follower:
                     async with self._changed:
                         self.ids.append(int(fields["id"]))
                         self._changed.notify_all()
+
+
+async def stored_ids(
+    session: aiohttp.ClientSession, url: str, chat_id: int, headers: dict[str, str] | None = None
+) -> list[int]:
+    """Every message id stored in a chat, oldest first (`url`: the server's /api/messages)."""
+    ids: list[int] = []
+    while True:
+        params = {"chat_id": chat_id, "after_id": ids[-1] if ids else 0, "limit": 200}
+        async with session.get(url, params=params, headers=headers or {}) as resp:
+            assert resp.status == 200, await resp.text()
+            page = [int(m["id"]) for m in (await resp.json())["messages"]]
+        if not page:
+            return ids
+        ids += page

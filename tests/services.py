@@ -152,11 +152,14 @@ class ChatServer:
         """Everything the server printed: its log lines and access log."""
         return self.folder / f"server-{self.port}.log"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "run.py", "--port", str(self.port), *self.args]
+
     def start(self, *, wait: bool = True) -> None:
         root = Path(__file__).resolve().parent.parent
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "run.py", "--port", str(self.port), *self.args],
+                self.command(),
                 cwd=root,
                 env=self.env,
                 stdout=log,

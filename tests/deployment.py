@@ -7,16 +7,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-from .services import START_TIMEOUT, ChatServer, free_port
+from .services import ChatServer, free_port, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -105,19 +103,6 @@ class UnitServer(ChatServer):
         subprocess.run(command.split(), check=True)
 
 
-def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # a server process has no event to wait on: poll its port
-    raise RuntimeError(f"{what} did not listen on {host}:{port} within {START_TIMEOUT}s")
-
-
 class Nginx:
     """A private nginx master serving the shipped site, with its own pid, logs and temp files."""
 
@@ -185,14 +170,8 @@ http {{
         with (self.folder / "nginx-out.log").open("ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         if self.netns is None:
-            wait_for_port("::1", self.https_port, self.process, "nginx")
+            wait_for_port(self.https_port, self.process, "nginx", "::1")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # graceful: let open requests finish
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGQUIT)  # graceful: open requests finish
         self.process = None

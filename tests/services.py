@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,17 +38,28 @@ def _require(binary: str) -> str:
     return path
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection((host, port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)  # a server process has no event to wait on: poll its port
-    raise RuntimeError(f"{what} did not listen on {port} within {START_TIMEOUT}s")
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {START_TIMEOUT}s")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM) -> None:
+    """Ask a process to stop (SIGTERM unless told), and kill it if it has not within 30 s."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class PrivateServer:
@@ -62,8 +74,9 @@ class PrivateServer:
 
     name = "server"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, host: str = "127.0.0.1") -> None:
         self.folder = folder
+        self.host = host  # the address it binds and is reached at
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -73,16 +86,10 @@ class PrivateServer:
     def start(self) -> None:
         with (self.folder / f"{self.name}.log").open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        _wait_for_port(self.port, self.process, self.name)
+        wait_for_port(self.port, self.process, self.name, self.host)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
 
@@ -91,18 +98,18 @@ class PrivateRedis(PrivateServer):
 
     def command(self) -> list[str]:
         binary = _require("redis-server")
-        return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        return [binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no"]
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
 
 class PrivateMariaDB(PrivateServer):
     name = "mariadb"
 
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
+    def __init__(self, folder: Path, host: str = "127.0.0.1") -> None:
+        super().__init__(folder, host)
         self.datadir = folder / "mariadb-data"
         install = _require("mariadb-install-db")
         _require(MARIADBD)
@@ -125,7 +132,7 @@ class PrivateMariaDB(PrivateServer):
             "--no-defaults",
             f"--datadir={self.datadir}",
             f"--port={self.port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.host}",
             f"--socket={self.folder / 'mariadb.sock'}",
             "--user=root",
             "--innodb-buffer-pool-size=64M",
@@ -133,7 +140,7 @@ class PrivateMariaDB(PrivateServer):
         ]
 
     def url(self, database: str) -> str:
-        return f"mysql://root@127.0.0.1:{self.port}/{database}"
+        return f"mysql://root@{self.host}:{self.port}/{database}"
 
 
 class ChatServer:

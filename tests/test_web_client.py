@@ -473,3 +473,26 @@ async def test_a_stream_that_keeps_failing_falls_back_to_polling_then_resumes(
     await expect_texts(admin, ["hola", "¿hay alguien?", "ya en vivo"])
     assert await shown_ids(admin) == [first, missed, live]
     browsing.assert_no_page_errors()
+
+
+async def test_a_browsers_fetch_with_a_latin1_header_names_the_user(
+    sqlite_server: Server, browsing: Browsing
+) -> None:
+    """Chromium sends `X-Username: lucía` as the Latin-1 byte 0xED: the server reads lucía."""
+    server = sqlite_server
+    page = (await browsing.person("lucía")).page
+    await page.goto(f"{server.url}/")
+    answers = await page.evaluate(
+        """async () => {
+            const post = await fetch("/api/messages", {
+                method: "POST",
+                headers: {"Content-Type": "application/json", "X-Username": "lucía"},
+                body: JSON.stringify({chat_id: 1, contenido: "hola"}),
+            });
+            const me = await fetch("/api/me", {headers: {"X-Username": "LUCÍA"}});
+            const [posted, found] = [await post.json(), await me.json()];
+            return [post.status, posted.message.username, me.status, found.user.username];
+        }"""
+    )
+    assert answers == [201, "lucía", 200, "lucía"]
+    browsing.assert_no_page_errors()

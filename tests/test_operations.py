@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat_server.app import create_app
@@ -133,13 +134,15 @@ async def readyz_until(client: ChatClient, status: int) -> dict[str, object]:
                     return body
 
 
+# The store plays no part: one backend is enough.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_failed_background_task_is_restarted_and_counted_and_not_ready_meanwhile(
     client: ChatClient,
 ) -> None:
     keeper = client.app[keeper_key]
     assert keeper.running("heartbeats")
-    # Long enough to be seen down; short enough to wait out.
-    keeper.first_delay = 1.0
+    # Long enough to be seen down (1 to 2 s, jittered); short enough to wait out.
+    keeper.first_delay = 2.0
     crash, restarted = asyncio.Event(), asyncio.Event()
 
     async def flaky() -> None:

@@ -95,7 +95,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`python run.py` on a free port, with a fresh SQLite database."""
     folder = tmp_path_factory.mktemp("fuzz")
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{folder}/chat.sqlite3", "CHAT_SECRET": "fuzz"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{folder}/chat.sqlite3",
+        "CHAT_SECRET": "fuzz",
+        # The fuzzed Forwarded and X-Forwarded-For headers are read, as behind a proxy.
+        "CHAT_TRUSTED_PROXIES": "127.0.0.1/32",
+    }
     env.pop("REDIS_URL", None)
     with (folder / "server.log").open("wb") as log:
         process = subprocess.Popen(

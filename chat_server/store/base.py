@@ -40,6 +40,9 @@ _MESSAGE_SELECT = (
 )
 
 
+# Users keyed per statement when usuarios.name_key is filled (SQLite allows 32766 parameters).
+KEY_BATCH = 500
+
 # A transaction chosen as a deadlock victim is run again this many times in all.
 DEADLOCK_RETRIES = 3
 
@@ -227,6 +230,7 @@ class Store(abc.ABC):
         taken = {
             row[0] for row in await db.fetchall("SELECT name_key FROM usuarios WHERE name_key IS NOT NULL")
         }
+        keys: list[tuple[int, str]] = []
         for user_id, username in rows:
             key = name_key(str(username))
             if key in taken:
@@ -235,7 +239,15 @@ class Store(abc.ABC):
                 )
                 key = f"{key[: MAX_KEY_CHARS - 12]}\x1f{user_id}"
             taken.add(key)
-            await db.execute("UPDATE usuarios SET name_key = %s WHERE id = %s", (key, user_id))
+            keys.append((int(user_id), key))
+        # Many rows per statement: the first start on a big table is a few statements, not one per user.
+        for start in range(0, len(keys), KEY_BATCH):
+            batch = keys[start : start + KEY_BATCH]
+            await db.execute(
+                "UPDATE usuarios SET name_key = CASE id " + "WHEN %s THEN %s " * len(batch) + "END "
+                f"WHERE id IN ({', '.join(['%s'] * len(batch))})",
+                [*(v for pair in batch for v in pair), *(user_id for user_id, _ in batch)],
+            )
 
     async def _join_new_user(self, user: User) -> None:
         # The DM with admin is made by the caller (service.ensure_user), which announces it.

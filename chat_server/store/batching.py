@@ -71,24 +71,28 @@ class InsertBatcher(Generic[C]):
         return await waiting.future
 
     async def _lane(self) -> None:
-        while self._pending:
-            batch: list[_Waiting] = []
-            try:
-                async with self._connection() as conn:
-                    batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                    if not batch:
-                        return  # another lane took them
-                    ids = await self._insert(conn, [w.row for w in batch])
-            except self._refused:
-                await self._one_by_one(batch)
-                continue
-            except Exception as exc:
-                if not batch:  # no connection: the rows waiting now would not get one either
-                    batch, self._pending = self._pending, []
-                _fail(batch, exc)
-                continue
-            for waiting, new_id in zip(batch, ids, strict=True):
-                _settle(waiting, new_id)
+        batch: list[_Waiting] = []
+        try:
+            while self._pending:
+                batch = []
+                try:
+                    async with self._connection() as conn:
+                        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                        if not batch:
+                            return  # another lane took them
+                        ids = await self._insert(conn, [w.row for w in batch])
+                except self._refused:
+                    await self._one_by_one(batch)
+                    continue
+                except Exception as exc:
+                    if not batch:  # no connection: the rows waiting now would not get one either
+                        batch, self._pending = self._pending, []
+                    _fail(batch, exc)
+                    continue
+                for waiting, new_id in zip(batch, ids, strict=True):
+                    _settle(waiting, new_id)
+        finally:  # whatever ends a lane (the loop closing, a bug), no row it took waits forever
+            _fail(batch, Unavailable("database unavailable"))
 
     async def _one_by_one(self, batch: list[_Waiting]) -> None:
         for waiting in batch:

@@ -54,10 +54,19 @@ ADMIN_KEY = name_key(ADMIN_USERNAME)
 
 def skeleton(name: str) -> str:
     """UTS #39: names with one skeleton look alike (`admin` with a Cyrillic a, `adrnin`)."""
-    return str(_SPOOF.getSkeleton(0, unicodedata.normalize("NFKC", name).casefold()))
+    return str(_SPOOF.getSkeleton(0, unicodedata.normalize("NFKC", name)))
 
 
-_ADMIN_SKELETON = skeleton(ADMIN_USERNAME)
+def skeletons(name: str) -> set[str]:
+    """The name's skeletons as written and case folded: a skeleton keeps case, and `ADMlN` (a
+    lower-case L) looks like `ADMIN`, not like `admin`."""
+    return {skeleton(name), skeleton(name.casefold())}
+
+
+# How admin's name is written: a look-alike of any of these is refused.
+_ADMIN_SKELETONS = {
+    skeleton(form) for form in (ADMIN_USERNAME, ADMIN_USERNAME.title(), ADMIN_USERNAME.upper())
+}
 
 
 def refuse_new_name(name: str, field: str = "username") -> None:
@@ -72,5 +81,5 @@ def refuse_new_name(name: str, field: str = "username") -> None:
         raise BadRequest(f"{field} has U+FFFD: text that was decoded wrongly on its way", field=field)
     if not any(unicodedata.category(c)[0] in "LNPS" and c not in BLANKS for c in name):
         raise BadRequest(f"{field} has nothing visible", field=field)
-    if name_key(name) != ADMIN_KEY and skeleton(name) == _ADMIN_SKELETON:
+    if name_key(name) != ADMIN_KEY and skeletons(name) & _ADMIN_SKELETONS:
         raise BadRequest(f"{field} looks like {ADMIN_USERNAME}", field=field)

@@ -38,6 +38,10 @@ TABLE: list[tuple[str, str]] = [
     ("\u0430\u0501m\u0456n", REFUSED),  # Cyrillic a, d and i
     ("\u03b1dmin", REFUSED),  # Greek alpha
     ("adrnin", REFUSED),  # r n looks like m
+    ("ADMlN", REFUSED),  # a lower-case L among capitals
+    ("ADM1N", REFUSED),
+    ("AdmIn", "admin"),
+    ("\u0391DMIN", REFUSED),  # Greek capital alpha
     ("\u200b", REFUSED),  # only invisible
     ("\u200b \u200c", REFUSED),
     ("\u3164", REFUSED),  # Hangul filler
@@ -129,10 +133,11 @@ async def test_existing_users_keep_names_the_rules_now_refuse(make_client: MakeC
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [("admin", "\u0430dmin"), ("admin", "adrnin"), ("admin", "ADMIN"), ("paypal", "\u0440\u0430ypal")],
+    [("admin", "\u0430dmin"), ("admin", "adrnin"), ("ADMIN", "ADMlN"), ("paypal", "\u0440\u0430ypal")],
 )
 def test_look_alikes_share_a_skeleton(a: str, b: str) -> None:
     assert skeleton(a) == skeleton(b)
+    assert skeleton(a) != skeleton("ana")
 
 
 def test_a_long_key_is_a_digest_that_fits_the_column() -> None:

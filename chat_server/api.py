@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -20,14 +20,14 @@ from .auth import (
     set_login_cookie,
 )
 from .broker import broker_key
-from .errors import NotFound, Unavailable
+from .errors import BadRequest, NotFound, Unavailable
 from .jsonutil import json_response
 from .keeper import keeper_key
 from .limits import limits_key
-from .models import Chat, Message, User
+from .models import Chat, InboxPosition, Message, User
 from .presence import presence_key
 from .settings import settings_key
-from .store import DEFAULT_PAGE, MAX_PAGE, store_key
+from .store import DEFAULT_CHATS_PAGE, DEFAULT_PAGE, MAX_PAGE, store_key
 from .validation import (
     MAX_ID,
     clean_username,
@@ -36,6 +36,8 @@ from .validation import (
     read_body,
     required_int,
     required_text,
+    search_text,
+    search_words,
 )
 
 # /readyz waits this long for each dependency before calling it unavailable.
@@ -74,10 +76,53 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def list_chats(request: web.Request) -> web.Response:
+    """A page of the caller's chats (General first, then DMs by latest activity), or with `q`
+    the DMs whose other participant's name starts with it."""
     user = await current_user(request)
-    chats = await request.app[store_key].list_chats(user)
+    store, query = request.app[store_key], request.query
+    limit = optional_int(query, "limit", maximum=MAX_PAGE) or DEFAULT_CHATS_PAGE
+    following: InboxPosition | None = None
+    if "q" in query:
+        chats = await store.find_chats_by_name(user, search_text(query, "q"), limit)
+    else:
+        chats, following = await store.inbox_page(user, limit, _inbox_cursor(query))
     online = await request.app[presence_key].online({p.id for c in chats for p in c.participants})
-    return json_response({"chats": [c.to_json(online) for c in chats]})
+    return json_response(
+        {
+            "chats": [c.to_json(online) for c in chats],
+            "next_cursor": following.token() if following else None,
+        }
+    )
+
+
+def _inbox_cursor(query: Mapping[str, str]) -> InboxPosition | None:
+    cursor = query.get("cursor")
+    if cursor is None:
+        return None
+    try:
+        return InboxPosition.from_token(cursor)
+    except ValueError:
+        raise BadRequest("cursor is not one this server gave", field="cursor") from None
+
+
+async def search_messages(request: web.Request) -> web.Response:
+    """GET /api/search?q=&chat_id=&cursor=: messages with every word of `q`, newest first, in
+    the chats the caller may read (or in `chat_id`)."""
+    user = await current_user(request)
+    query = request.query
+    words = search_words(search_text(query, "q"))
+    chat_id = optional_int(query, "chat_id")
+    if chat_id is not None:
+        chat = await request.app[store_key].get_chat(chat_id)
+        if chat is None:
+            raise NotFound("unknown chat", chat_id=chat_id)
+        service.require_member(chat, user)
+    limit = optional_int(query, "limit", maximum=MAX_PAGE) or DEFAULT_PAGE
+    before_id = optional_int(query, "cursor")
+    found = await request.app[store_key].search_messages(user, words, chat_id, before_id, limit + 1)
+    page = found[:limit]
+    following = str(page[-1].id) if len(found) > limit else None
+    return json_response({"messages": [m.to_json() for m in page], "next_cursor": following})
 
 
 async def create_dm(request: web.Request) -> web.Response:
@@ -203,6 +248,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/me", me)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/chats", list_chats)
+    app.router.add_get("/api/search", search_messages)
     app.router.add_post("/api/chats/dm", create_dm)
     app.router.add_post("/api/chats/{chat_id}/read", mark_read)
     app.router.add_post("/api/chats/{chat_id}/typing", typing)

@@ -73,6 +73,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(app[settings_key].subscriber_buffer)
+    hub.general_id = app[store_key].general_id
     # Streams replay from the database up to the newest message the hub has released.
     hub.sequencer.reset(await app[store_key].latest_message_id())
     app[hub_key] = hub

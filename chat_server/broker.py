@@ -69,7 +69,8 @@ class Broker(abc.ABC):
     async def chat_created(self, chat: Chat) -> None: ...
 
     @abc.abstractmethod
-    async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None: ...
+    async def presence_changed(self, change: dict[str, Any], user_ids: list[int] | None) -> None:
+        """Tell the per-user streams of `user_ids` (None: everyone's) on every process."""
 
     @abc.abstractmethod
     async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None: ...
@@ -99,8 +100,8 @@ class LocalBroker(Broker):
     async def chat_created(self, chat: Chat) -> None:
         self.hub.chat_created(chat.to_json())
 
-    async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None:
-        self.hub.presence(change, chat_ids)
+    async def presence_changed(self, change: dict[str, Any], user_ids: list[int] | None) -> None:
+        self.hub.presence(change, user_ids)
 
     async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None:
         self.hub.chat_read(user_id, marker, partners)
@@ -184,7 +185,7 @@ class RedisBroker(Broker):
         finally:
             message = result[0] if result else None
             await self._publish(
-                {"type": "done", "token": token, "message": message.to_json() if message else None}
+                {"type": "done", "token": token, "message": message.announcement() if message else None}
             )
 
     async def chat_created(self, chat: Chat) -> None:
@@ -192,9 +193,9 @@ class RedisBroker(Broker):
         if not await self._publish({"type": "chat", "chat": data}):
             self.hub.chat_created(data)
 
-    async def presence_changed(self, change: dict[str, Any], chat_ids: list[int]) -> None:
-        if not await self._publish({"type": "presence", "change": change, "chats": chat_ids}):
-            self.hub.presence(change, chat_ids)
+    async def presence_changed(self, change: dict[str, Any], user_ids: list[int] | None) -> None:
+        if not await self._publish({"type": "presence", "change": change, "users": user_ids}):
+            self.hub.presence(change, user_ids)
 
     async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None:
         event = {"type": "read", "user_id": user_id, "marker": marker, "partners": partners}
@@ -264,7 +265,7 @@ class RedisBroker(Broker):
         if kind == "chat":
             self.hub.chat_created(event["chat"])
         elif kind == "presence":
-            self.hub.presence(event["change"], event["chats"])
+            self.hub.presence(event["change"], event["users"])
         elif kind == "read":
             # No "partners" from a process of the previous version (a rolling restart).
             self.hub.chat_read(event["user_id"], event["marker"], event.get("partners", ()))

@@ -1,4 +1,9 @@
-"""In-process fan-out: per-chat sets of subscribers, each with a bounded buffer.
+"""In-process fan-out: per-chat and per-user sets of subscribers, each with a bounded buffer.
+
+A stream of one chat is in that chat's set. A per-user stream is only in its user's set, and
+holds nothing per chat: a message reaches it because the message names its DM's participants
+(`Message.members`), or because it is General's, which reaches every per-user stream. So an
+admin with 100,000 DMs costs one set entry, and a new DM needs no subscription change.
 
 Messages reach subscribers through the hub's `Sequencer`, in id order even when concurrent
 inserts commit out of order. Each event is encoded once; a subscriber that is
@@ -83,10 +88,10 @@ class Subscriber:
     )
 
     def __init__(self, chats: Iterable[int], user_id: int | None, limit: int, coalescer: Coalescer) -> None:
-        # A per-user stream gains chats as DMs are made; a per-chat stream's chat never changes
-        # (a tuple is a fraction of a set's size, and there may be 10,000 of them).
-        self.chats: set[int] | tuple[int, ...] = set(chats) if user_id is not None else tuple(chats)
-        self.user_id = user_id  # set for a per-user stream, which also gets its new chats
+        # A per-chat stream's chat never changes (a tuple is a fraction of a set's size, and
+        # there may be 10,000 of them); a per-user stream has none: it is routed by user.
+        self.chats: tuple[int, ...] = tuple(chats) if user_id is None else ()
+        self.user_id = user_id  # set for a per-user stream: every chat of that user
         self.limit = limit
         self.closed = False
         self.overflowed = False
@@ -189,8 +194,11 @@ class Hub:
         self.buffer = buffer
         self.stats = HubStats()
         self._by_chat: dict[int, set[Subscriber]] = {}
-        self._by_user: dict[int, set[Subscriber]] = {}
+        self._by_user: dict[int, set[Subscriber]] = {}  # per-user streams, by their user
+        self._per_user: set[Subscriber] = set()  # every per-user stream: General's audience
         self._all: set[Subscriber] = set()
+        # Set once the store knows it: General's messages go to every per-user stream.
+        self.general_id = 0
         self._coalescer = Coalescer()
         self._closed = False
         self.sequencer = Sequencer(self.publish)
@@ -199,7 +207,8 @@ class Hub:
 
     def subscribe(self, chats: Iterable[int], user_id: int | None = None) -> Subscription:
         """`async with hub.subscribe(...) as sub`: registered for the body of the block, and
-        always unregistered after (a plain class, not a generator: thousands stay open)."""
+        always unregistered after (a plain class, not a generator: thousands stay open). With
+        `user_id`, a per-user stream (every chat of that user; `chats` is ignored)."""
         return Subscription(self, Subscriber(chats, user_id, self.buffer, self._coalescer))
 
     def _register(self, sub: Subscriber) -> None:
@@ -209,6 +218,7 @@ class Hub:
             self._by_chat.setdefault(chat_id, set()).add(sub)
         if sub.user_id is not None:
             self._by_user.setdefault(sub.user_id, set()).add(sub)
+            self._per_user.add(sub)
         self._all.add(sub)
 
     def _unregister(self, sub: Subscriber) -> None:
@@ -218,13 +228,14 @@ class Hub:
             _discard(self._by_chat, chat_id, sub)
         if sub.user_id is not None:
             _discard(self._by_user, sub.user_id, sub)
+            self._per_user.discard(sub)
 
     @property
     def subscriber_count(self) -> int:
         return len(self._all)
 
     def is_empty(self) -> bool:
-        return not self._all and not self._by_chat and not self._by_user
+        return not (self._all or self._by_chat or self._by_user or self._per_user)
 
     @property
     def released_id(self) -> int:
@@ -252,37 +263,32 @@ class Hub:
     # -- publishing --------------------------------------------------------------
 
     def publish(self, message: Message) -> None:
+        """To the chat's own streams, and to the per-user streams of its members (of everyone,
+        for General)."""
         event = Event(message.id, encode_event("message", message.to_json(), event_id=message.id))
         self.stats.published += 1
-        self._fan_out(self._by_chat.get(message.chat_id, ()), event)
+        targets: list[Subscriber] = list(self._by_chat.get(message.chat_id, ()))
+        if message.chat_id == self.general_id:
+            targets.extend(self._per_user)
+        else:
+            targets.extend(self._user_streams(message.members))
+        self._fan_out(targets, event)
 
     def chat_created(self, chat: dict[str, Any]) -> None:
-        """A new DM (as JSON): its participants' per-user streams follow it and are told about it."""
-        event = Event(None, encode_event("chat", chat))
-        targets = []
-        for member in chat["participants"]:
-            for sub in self._by_user.get(member["id"], ()):
-                self.follow(sub, [chat["id"]])
-                targets.append(sub)
-        self._fan_out(targets, event)
+        """A new DM (as JSON): its participants' per-user streams are told (its messages reach
+        them by their members, with no subscription change)."""
+        members = [member["id"] for member in chat["participants"]]
+        self._fan_out(self._user_streams(members), Event(None, encode_event("chat", chat)))
 
-    def follow(self, sub: Subscriber, chat_ids: Iterable[int]) -> None:
-        """A per-user stream follows these chats too (its chats, read once it is subscribed)."""
-        assert isinstance(sub.chats, set)  # per-user streams only
-        for chat_id in chat_ids:
-            sub.chats.add(chat_id)
-            self._by_chat.setdefault(chat_id, set()).add(sub)
-
-    def presence(self, change: dict[str, Any], chat_ids: Iterable[int]) -> None:
-        """A user came online or went offline: tell the per-user streams of their chats' others."""
+    def presence(self, change: dict[str, Any], user_ids: Iterable[int] | None) -> None:
+        """A user came online or went offline: tell the per-user streams of `user_ids` (their DM
+        partners), or of everyone when None (the admin, who has a DM with everyone)."""
         event = Event(None, encode_event("presence", change))
-        targets = {
-            sub
-            for chat_id in chat_ids
-            for sub in self._by_chat.get(chat_id, ())
-            if sub.user_id is not None and sub.user_id != change["user_id"]
-        }
-        self._fan_out(targets, event)
+        audience = self._per_user if user_ids is None else self._user_streams(user_ids)
+        self._fan_out([sub for sub in audience if sub.user_id != change["user_id"]], event)
+
+    def _user_streams(self, user_ids: Iterable[int]) -> list[Subscriber]:
+        return [sub for user_id in user_ids for sub in self._by_user.get(user_id, ())]
 
     def chat_read(self, user_id: int, marker: dict[str, Any], partners: Iterable[int]) -> None:
         """The user moved a read marker: their own per-user streams (their other tabs) get it with
@@ -297,7 +303,7 @@ class Hub:
         self._to_users(user_ids, Event(None, encode_event("typing", typing)))
 
     def _to_users(self, user_ids: Iterable[int], event: Event) -> None:
-        self._fan_out([sub for uid in user_ids for sub in self._by_user.get(uid, ())], event)
+        self._fan_out(self._user_streams(user_ids), event)
 
     def _fan_out(self, subscribers: Iterable[Subscriber], event: Event) -> None:
         delivered = queued = 0

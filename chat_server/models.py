@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 # Peru has kept UTC-05:00 without daylight saving since 1994, so a fixed offset is exact.
 LIMA = timezone(timedelta(hours=-5), "America/Lima")
@@ -61,13 +61,28 @@ class Message:
     username: str | None
     contenido: str
     timestamp: datetime
+    # A DM's participant ids, which the hub routes the message to (their per-user streams);
+    # empty for General, which reaches every per-user stream. Not part of the API's shape.
+    members: tuple[int, ...] = field(default=(), compare=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Message:
+        """From `announcement()` (or the API's shape, without members)."""
         moment = datetime.fromisoformat(data["timestamp"])
+        members = tuple(data.get("members", ()))
         return cls(
-            data["id"], data["chat_id"], data["sender_id"], data["username"], data["contenido"], moment
+            data["id"],
+            data["chat_id"],
+            data["sender_id"],
+            data["username"],
+            data["contenido"],
+            moment,
+            members,
         )
+
+    def announcement(self) -> dict[str, Any]:
+        """The API's shape plus the members: what other processes need to route it."""
+        return {**self.to_json(), "members": list(self.members)}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,3 +144,32 @@ class ReadMarker:
 
     def to_json(self) -> dict[str, Any]:
         return {"chat_id": self.chat_id, "last_read_id": self.last_read_id, "unread": self.unread}
+
+
+@dataclass(frozen=True, slots=True)
+class InboxPosition:
+    """Where a page of a chat list ends: its last DM's newest message id and chat id (the list's
+    order, both descending). Clients see it as the opaque `next_cursor` "<activity>.<chat id>"."""
+
+    activity: int
+    chat_id: int
+    # Before every DM: where the DMs start when the first page held only General.
+    TOP: ClassVar[InboxPosition]
+
+    def token(self) -> str:
+        return f"{self.activity}.{self.chat_id}"
+
+    @classmethod
+    def from_token(cls, token: str) -> InboxPosition:
+        """The position of a `token()`; ValueError for anything else."""
+        activity, dot, chat_id = token.partition(".")
+        if not (
+            dot and activity.isascii() and activity.isdigit() and chat_id.isascii() and chat_id.isdigit()
+        ):
+            raise ValueError(token)
+        if len(activity) > 10 or len(chat_id) > 10:
+            raise ValueError(token)
+        return cls(int(activity), int(chat_id))
+
+
+InboxPosition.TOP = InboxPosition(2**31, 0)

@@ -85,17 +85,18 @@ def partners(chat: Chat, user: User) -> list[int]:
 
 
 async def announce_presence(app: web.Application, user_id: int, online: bool) -> None:
-    """Tell the user's DM partners (General is everyone: not told, to stay O(partners))."""
+    """Tell the user's DM partners (General is everyone: not told, to stay O(partners)). The
+    admin has a DM with every user, so the admin's partners are everyone, and are not listed."""
     store = app[store_key]
     try:
         user = await store.get_user(user_id=user_id)
         if user is None:
             return
-        dms = [c for c in await store.chat_ids_of(user) if c != store.general_id]
+        partners = None if user.is_admin else await store.dm_partners(user)
     except Unavailable:
         return  # presence is best effort; the chat list shows the truth on the next read
     change = {"user_id": user.id, "username": user.username, "online": online}
-    await app[broker_key].presence_changed(change, dms)
+    await app[broker_key].presence_changed(change, partners)
 
 
 def require_member(chat: Chat, user: User | None) -> None:

@@ -19,6 +19,7 @@ from .auth import current_user, optional_user
 from .histogram import Histogram
 from .hub import Subscriber, hub_key
 from .limits import limits_key
+from .models import Message, User
 from .presence import presence_key
 from .settings import settings_key
 from .sse import HEADERS, PREAMBLE, encode_event
@@ -31,12 +32,13 @@ WRITE_TIMEOUT = 30.0
 
 async def stream(request: web.Request) -> web.StreamResponse:
     last_id = _last_event_id(request)
-    store, hub = request.app[store_key], request.app[hub_key]
+    hub = request.app[hub_key]
     if "chat_id" in request.query:
         chat = await readable_chat(request, int_value(request.query["chat_id"], "chat_id"))
         viewer = await optional_user(request)
         chat_ids, user_id = [chat.id], None
     else:
+        # Every chat of the viewer, routed by user in the hub: nothing here grows with their chats.
         viewer = await current_user(request)
         chat_ids, user_id = [], viewer.id
 
@@ -45,14 +47,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         request.app[presence_key].online_while(viewer),
         hub.subscribe(chat_ids, user_id) as sub,
     ):
-        if user_id is not None and viewer is not None:
-            # Subscribed first, then read: a DM made from now on reaches the stream as an
-            # `event: chat` (and is followed), one made before is in what is read here.
-            hub.follow(sub, await store.chat_ids_of(viewer))
         upto = sub.floor = hub.released_id
         first = [PREAMBLE]
         if last_id is not None and last_id < upto:
-            first.extend(await _replay(request, sub, last_id, upto))
+            first.extend(await _replay(request, sub, viewer, last_id, upto))
         response = web.StreamResponse(headers=HEADERS)
         await response.prepare(request)
         sub.transport = request.transport
@@ -64,10 +62,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _replay(request: web.Request, sub: Subscriber, last_id: int, upto: int) -> list[bytes]:
-    limit = request.app[settings_key].replay_limit
-    missed = await request.app[store_key].messages_since(sorted(sub.chats), last_id, upto, limit + 1)
-    if len(missed) > limit:
+async def _replay(
+    request: web.Request, sub: Subscriber, viewer: User | None, last_id: int, upto: int
+) -> list[bytes]:
+    limit, store = request.app[settings_key].replay_limit, request.app[store_key]
+    missed: list[Message] | None
+    if sub.user_id is not None and viewer is not None:
+        missed = await store.replay_for_user(viewer, last_id, upto, limit + 1)
+    else:
+        missed = await store.messages_since(sub.chats, last_id, upto, limit + 1)
+    if missed is None or len(missed) > limit:
         # Too far behind to replay: the client reloads its history over REST.
         return [encode_event("reset", {"last_id": upto}, event_id=upto)]
     request.app[hub_key].stats.replayed += len(missed)

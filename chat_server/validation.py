@@ -119,3 +119,28 @@ def required_int(body: dict[str, Any], field: str, *, minimum: int = 1) -> int:
 def optional_int(params: Any, field: str, *, minimum: int = 1, maximum: int = MAX_ID) -> int | None:
     value = params.get(field)
     return None if value is None else int_value(value, field, minimum=minimum, maximum=maximum)
+
+
+# Search text: longer queries are not what a search box sends.
+MAX_SEARCH_CHARS = 100
+# Words shorter than InnoDB's innodb_ft_min_token_size (3) are not in its full-text index.
+MIN_SEARCH_WORD = 3
+MAX_SEARCH_WORDS = 8
+
+
+def search_text(params: Any, field: str) -> str:
+    value = params.get(field)
+    if value is None or not value.strip():
+        raise BadRequest(f"{field} is required", field=field)
+    text: str = value.strip()
+    if len(text) > MAX_SEARCH_CHARS or any(unicodedata.category(c) == "Cc" for c in text):
+        raise BadRequest(f"{field} must be at most {MAX_SEARCH_CHARS} printable characters", field=field)
+    return text
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a message search (letters and digits), each required in what is found."""
+    words = [w for w in re.findall(r"[^\W_]+", text) if len(w) >= MIN_SEARCH_WORD][:MAX_SEARCH_WORDS]
+    if not words:
+        raise BadRequest(f"q needs a word of at least {MIN_SEARCH_WORD} letters or digits", field="q")
+    return words

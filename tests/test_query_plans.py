@@ -111,13 +111,3 @@ async def test_stream_replay_reads_through_an_index(
     for plan in _message_table_plans(plans):
         assert plan["key"] in ("PRIMARY", "idx_chat_id"), plan
         assert plan["type"] == "range", plan
-
-
-async def test_chat_list_finds_last_messages_through_the_index_not_per_chat(
-    store: MysqlStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    user, _ = await _fill(store, chats=20, per_chat=50)
-    plans = await _plans(store, monkeypatch, lambda: store.list_chats(user))
-    inner = [p for p in plans if p["table"] == "mensajes_v2"]
-    assert inner, plans
-    assert all(p["key"] == "idx_chat_id" and "group-by" in (p["extra"] or "") for p in inner), inner

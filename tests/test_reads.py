@@ -8,11 +8,9 @@ from typing import Any
 import pytest
 
 from chat_server import jsonutil
-from chat_server.store.mysql import MysqlStore
 
 from .chat_client import ChatClient, Stream
 from .conftest import every_dialect
-from .test_query_plans import _fill, _message_table_plans, _plans, store  # noqa: F401 - fixture
 from .test_scale_out import Make, process, shared_redis  # noqa: F401 - fixtures
 
 
@@ -266,22 +264,3 @@ async def test_read_events_cross_processes(process: Make, shared_redis: str) -> 
     assert await next_non_presence(admin_on_b) == ("read", {**marker, "user_id": admin["id"]})
     seen = {"chat_id": dm, "user_id": admin["id"], "last_read_id": message["id"]}
     assert await next_non_presence(ana_on_b) == ("read", seen)
-
-
-async def test_unread_counts_read_only_the_unread_ranges(
-    store: MysqlStore,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _, chat_ids = await _fill(store, chats=20, per_chat=300)  # 6,000 messages
-    reader, _ = await store.ensure_user("lectora")
-    async with store.connection() as db:
-        newest = await db.fetchall("SELECT chat_id, MAX(id) FROM mensajes_v2 GROUP BY chat_id")
-    for chat_id, last in newest:
-        await store.mark_read(int(chat_id), reader, int(last) - 5)
-    plans = await _plans(store, monkeypatch, lambda: store.unread_counts(reader, chat_ids))
-    # About 100 unread: a range over an index (the chat index, or the primary key when the
-    # unread ranges all sit at the top of the ids), never the chats' whole history.
-    for plan in _message_table_plans(plans):
-        assert plan["type"] == "range", plan
-        assert plan["key"] in ("idx_chat_id", "PRIMARY"), plan
-        assert int(plan["rows"]) < 600, plan

@@ -11,7 +11,7 @@ import pytest
 from chat_server import redis_policy, service
 from chat_server.app import create_app
 from chat_server.limits import RedisStreamSlots
-from chat_server.models import User, utc_now
+from chat_server.models import Message, User, utc_now
 from chat_server.presence import RedisPresence
 from chat_server.settings import Settings
 
@@ -21,9 +21,11 @@ from .test_scale_out import shared_redis  # noqa: F401 - the fixture
 from .waiting import eventually
 
 
-async def test_a_per_user_stream_follows_a_dm_made_while_it_reads_its_chats(
+async def test_a_per_user_stream_follows_a_dm_made_while_it_replays(
     client: ChatClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A per-user stream holds no list of chats (the hub routes DMs by their members), so a DM
+    made and written to while the stream is still replaying reaches it live, once."""
     await client.login("ana")
     await client.login("beto")
     ana = await client.store.get_user(username="ana")
@@ -31,23 +33,23 @@ async def test_a_per_user_stream_follows_a_dm_made_while_it_reads_its_chats(
     assert ana is not None
     assert beto is not None
     first = await client.open_stream({"username": "ana"})  # ana is online: no presence work next
-    read_chats = client.store.chat_ids_of
-    made: list[int] = []
+    before = await client.post(client.store.general_id, "antes", "beto")
+    replay = client.store.replay_for_user
+    sent: list[dict[str, object]] = []
 
-    async def a_dm_is_made_right_after(user: User) -> list[int]:
-        """The stream's own read of its chats, and then, before it goes on, a new DM."""
-        chats = await read_chats(user)
-        if user.id == ana.id and not made:
+    async def a_dm_is_made_right_after(user: User, after: int, upto: int, limit: int) -> list[Message] | None:
+        """The stream's own replay, and then, before it goes on, a new DM and a message in it."""
+        missed = await replay(user, after, upto, limit)
+        if user.id == ana.id and not sent:
             chat, _ = await service.open_dm(client.app, beto, ana)
-            made.append(chat.id)
-        return chats
+            sent.append(await client.post(chat.id, "hola ana", "beto"))
+        return missed
 
-    monkeypatch.setattr(client.store, "chat_ids_of", a_dm_is_made_right_after)
-    second = await client.open_stream({"username": "ana"})
-    assert made, "the stream read its chats"
-    sent = await client.post(made[0], "hola ana", "beto")
-    assert await second.messages(1) == [sent]
-    assert await first.messages(1) == [sent]
+    monkeypatch.setattr(client.store, "replay_for_user", a_dm_is_made_right_after)
+    second = await client.open_stream({"username": "ana", "last_event_id": before["id"] - 1})
+    assert sent, "the stream replayed"
+    assert await second.messages(2) == [before, sent[0]]
+    assert await first.messages(2) == [before, sent[0]]
     first.close()
     second.close()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import DEFAULT_PAGE, MAX_PAGE, Store, store_key
+from .base import DEFAULT_CHATS_PAGE, DEFAULT_PAGE, MAX_PAGE, Store, store_key
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "Store", "open_store", "store_key"]
+__all__ = ["DEFAULT_CHATS_PAGE", "DEFAULT_PAGE", "MAX_PAGE", "Store", "open_store", "store_key"]
 
 
 def open_store(url: str) -> Store:

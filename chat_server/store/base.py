@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from aiohttp import web
 
 from ..errors import BadRequest, Unavailable
-from ..models import ADMIN_USERNAME, Chat, Message, ReadMarker, Role, User, utc_now
+from ..models import ADMIN_USERNAME, Chat, InboxPosition, Message, ReadMarker, Role, User, utc_now
 from ..names import ADMIN_KEY, MAX_KEY_CHARS, name_key
 from .batching import InsertBatcher
 from .dialect import RETURNING_ID
@@ -32,12 +32,14 @@ V = TypeVar("V")
 # Page sizes of GET /api/messages: what a chat window shows, and a cap on one answer.
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
+# Chats per page of GET /api/chats: a screenful and more; `limit` may ask up to MAX_PAGE.
+DEFAULT_CHATS_PAGE = 50
+# A user with this many DMs is searched by name from the username index, not from their DMs.
+MANY_DMS = 1000
 
 _USER_COLUMNS = "u.id, u.username, u.role, u.estado, u.creado_en"
-_MESSAGE_SELECT = (
-    "SELECT m.id, m.chat_id, m.sender_id, u.username, m.contenido, m.timestamp "
-    "FROM mensajes_v2 m LEFT JOIN usuarios u ON u.id = m.sender_id "
-)
+_MESSAGE_COLUMNS = "SELECT m.id, m.chat_id, m.sender_id, u.username, m.contenido, m.timestamp "
+_MESSAGE_SELECT = _MESSAGE_COLUMNS + "FROM mensajes_v2 m LEFT JOIN usuarios u ON u.id = m.sender_id "
 
 
 # Users keyed per statement when usuarios.name_key is filled (SQLite allows 32766 parameters).
@@ -87,6 +89,17 @@ class Store(abc.ABC):
     """Users, chats and messages over SQL. Subclasses provide connections and dialect."""
 
     # How a username is compared: MySQL's utf8mb4_unicode_ci ignores case and accents.
+    # Names are found by their key (chat_server/names.py), unique: one DM per pair, one row a name.
+    username_order = "u.name_key"
+    # Join in the order written (MariaDB's STRAIGHT_JOIN; SQLite's CROSS JOIN).
+    names_first_select = "SELECT STRAIGHT_JOIN "
+    names_first_join = "JOIN "
+    # A batch's inbox changes: the newest id is kept, unread counts are added.
+    inbox_upsert = (
+        " ON DUPLICATE KEY UPDATE last_message_id = GREATEST(last_message_id, VALUES(last_message_id)),"
+        " unread = unread + VALUES(unread)"
+    )
+
     def __init__(self) -> None:
         self.general_id = 0
         # Users and chats never change once made (a DM's pair is fixed; General is everyone),
@@ -283,7 +296,7 @@ class Store(abc.ABC):
         """The chat and its participants, without its last message."""
         chat = self._chats.get(chat_id)
         if chat is None:
-            found = await self._chats_by_id([chat_id], with_last_message=False)
+            found = await self._chats_by_id([chat_id])
             if not found:
                 return None
             chat = found[0]
@@ -295,65 +308,144 @@ class Store(abc.ABC):
         assert chat is not None
         return chat
 
-    async def chat_ids_of(self, user: User) -> list[int]:
-        """General first, then the DMs the user takes part in."""
+    async def dm_partners(self, user: User) -> list[int]:
+        """The other participant of each of the user's DMs."""
         async with self.connection() as db:
             rows = await db.fetchall(
-                "SELECT p.chat_id FROM chat_participants p JOIN chats c ON c.id = p.chat_id "
-                "WHERE p.user_id = %s AND c.type = 'dm' ORDER BY p.chat_id",  # idx_user
-                (user.id,),
+                "SELECT p.user_id FROM chat_inbox i JOIN chat_participants p ON p.chat_id = i.chat_id "
+                "WHERE i.user_id = %s AND p.user_id <> %s",  # idx_inbox_activity, uniq_chat_user
+                (user.id, user.id),
             )
-        return [self.general_id] + [r[0] for r in rows]
+        return [int(r[0]) for r in rows]
 
-    async def list_chats(self, user: User) -> list[Chat]:
-        """General first, then the user's DMs, most recently active first; with the user's unread."""
-        general, *dms = await self._chats_by_id(await self.chat_ids_of(user))
-        dms.sort(key=lambda c: (-(c.last_message.id if c.last_message else 0), c.id))
-        chats = [general, *dms]
-        unread = await self.unread_counts(user, [c.id for c in chats])
-        reads = await self.dm_read_markers([c.id for c in dms])
-        return [replace(c, unread=unread.get(c.id, 0), reads=reads.get(c.id, {})) for c in chats]
-
-    async def dm_read_markers(self, chat_ids: Sequence[int]) -> dict[int, dict[int, int]]:
-        """Per DM, its participants' read markers (user id -> last_read_id): two rows a DM."""
-        if not chat_ids:
-            return {}
-        marks = ", ".join(["%s"] * len(chat_ids))
+    async def inbox_page(
+        self, user: User, limit: int, after: InboxPosition | None
+    ) -> tuple[list[Chat], InboxPosition | None]:
+        """One page of the user's chat list, with their unread counts: General first (on the first
+        page, `after` None), then their DMs by latest activity (newest message id, then chat id,
+        both descending). The DMs are one range of idx_inbox_activity, so a page costs the same
+        whatever the number of chats. Returns the page and where the next one starts (None when
+        no DM follows)."""
+        general = [] if after is not None else [await self._general_for(user)]
+        wanted = limit - len(general)
         async with self.connection() as db:
+            keyset, args = "", [user.id]
+            if after is not None:
+                condition, more = self.inbox_after(after)
+                keyset, args = " AND " + condition, [*args, *more]
             rows = await db.fetchall(
-                # The primary key (chat_id, user_id) answers it.
-                f"SELECT chat_id, user_id, last_read_id FROM chat_reads WHERE chat_id IN ({marks})",
-                list(chat_ids),
+                "SELECT chat_id, last_message_id, unread FROM chat_inbox WHERE user_id = %s"
+                + keyset
+                + " ORDER BY last_message_id DESC, chat_id DESC LIMIT %s",  # idx_inbox_activity
+                [*args, wanted + 1],
             )
-        reads: dict[int, dict[int, int]] = {}
-        for chat_id, user_id, last in rows:
-            reads.setdefault(int(chat_id), {})[int(user_id)] = int(last)
-        return reads
+        entries = [(int(c), int(m), int(u)) for c, m, u in rows]
+        page = entries[:wanted]
+        following = None
+        if len(entries) > wanted:
+            following = InboxPosition(page[-1][1], page[-1][0]) if page else InboxPosition.TOP
+        return [*general, *await self._inbox_chats(page)], following
 
-    async def unread_counts(self, user: User, chat_ids: Sequence[int]) -> dict[int, int]:
-        """Per chat, the messages of others after the user's read marker: two queries in all."""
-        if not chat_ids:
-            return {}
-        marks = ", ".join(["%s"] * len(chat_ids))
+    async def find_chats_by_name(self, user: User, prefix: str, limit: int) -> list[Chat]:
+        """The user's DMs whose other participant's name starts with `prefix` (compared like
+        login's names), by that name. With few DMs, they are read and filtered (at most
+        MANY_DMS); with many (the admin), the username index is read in name order from the
+        prefix, each name joined to the user's inbox, until `limit` are found."""
+        match, args = self.username_prefix(prefix)
         async with self.connection() as db:
-            markers = await db.fetchall(
-                f"SELECT chat_id, last_read_id FROM chat_reads WHERE user_id = %s AND chat_id IN ({marks})",
-                [user.id, *chat_ids],
+            count = await db.fetchone(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM chat_inbox WHERE user_id = %s LIMIT %s) AS few",
+                (user.id, MANY_DMS),  # idx_inbox_activity
             )
-            read = {int(chat_id): int(last) for chat_id, last in markers}
-            # One id range per chat: only unread index entries are visited (idx_chat_id).
-            ranges = " OR ".join(["(m.chat_id = %s AND m.id > %s)"] * len(chat_ids))
+            names_first = count is not None and int(count[0]) >= MANY_DMS
+            join = self.names_first_join if names_first else "JOIN "
             rows = await db.fetchall(
-                f"SELECT m.chat_id, COUNT(*) FROM mensajes_v2 m WHERE ({ranges}) AND m.sender_id <> %s "
-                "GROUP BY m.chat_id",
-                [*(v for c in chat_ids for v in (c, read.get(c, 0))), user.id],
+                (self.names_first_select if names_first else "SELECT ")
+                + "i.chat_id, i.last_message_id, i.unread FROM usuarios u "
+                + join
+                + "chat_participants p ON p.user_id = u.id "  # idx_user
+                + join
+                + "chat_inbox i ON i.chat_id = p.chat_id AND i.user_id = %s "  # primary key
+                + f"WHERE {match} AND u.id <> %s ORDER BY {self.username_order} LIMIT %s",
+                [user.id, *args, user.id, limit],
             )
-        return {int(chat_id): int(count) for chat_id, count in rows}
+        return await self._inbox_chats([(int(c), int(m), int(u)) for c, m, u in rows])
+
+    @staticmethod
+    def inbox_after(after: InboxPosition) -> tuple[str, list[Any]]:
+        """The inbox entries after a position (newest message id, chat id; both descending), as
+        one range of idx_inbox_activity: MariaDB's range optimiser reads this OR as two ranges."""
+        condition = "(last_message_id < %s OR (last_message_id = %s AND chat_id < %s))"
+        return condition, [after.activity, after.activity, after.chat_id]
+
+    @staticmethod
+    def username_prefix(prefix: str) -> tuple[str, list[Any]]:
+        """A condition on the name key starting with the prefix's key (the same comparison as
+        login's), and its arguments: a range of uniq_name_key, [key, key + the last code point)."""
+        key = name_key(prefix)
+        return "u.name_key >= %s AND u.name_key < %s", [key, key + "\U0010ffff"]
+
+    async def _general_for(self, user: User) -> Chat:
+        """General with its newest message and the user's unread count there (the messages of
+        others after their marker: one range of idx_chat_id)."""
+        general = self.general_id
+        async with self.connection() as db:
+            row = await db.fetchone(
+                "SELECT (SELECT MAX(id) FROM mensajes_v2 WHERE chat_id = %s), "
+                "(SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = %s AND m.sender_id <> %s "
+                "AND m.id > COALESCE((SELECT last_read_id FROM chat_reads "
+                "WHERE chat_id = %s AND user_id = %s), 0))",
+                (general, general, user.id, general, user.id),
+            )
+        assert row is not None
+        (chat,) = await self._inbox_chats([(general, int(row[0] or 0), int(row[1]))])
+        return chat
+
+    async def _inbox_chats(self, entries: Sequence[tuple[int, int, int]]) -> list[Chat]:
+        """(chat id, newest message id, unread) as chats, in that order: participants from the
+        cache, the newest messages by primary key, the DMs' read markers."""
+        chats = await self._chats_cached([chat_id for chat_id, _, _ in entries])
+        newest = [message_id for _, message_id, _ in entries if message_id]
+        last: dict[int, Message] = {}
+        if newest:
+            marks = ", ".join(["%s"] * len(newest))
+            async with self.connection() as db:
+                rows = await db.fetchall(_MESSAGE_SELECT + f"WHERE m.id IN ({marks})", newest)
+            last = {m.id: m for m in map(self._message, rows)}
+        reads = await self.dm_read_markers(
+            [chat_id for chat_id, _, _ in entries if chat_id != self.general_id]
+        )
+        return [
+            replace(
+                chats[chat_id], last_message=last.get(message_id), unread=unread, reads=reads.get(chat_id, {})
+            )
+            for chat_id, message_id, unread in entries
+            if chat_id in chats
+        ]
+
+    async def _chats_cached(self, ids: Sequence[int]) -> dict[int, Chat]:
+        found = {i: c for i in ids if (c := self._chats.get(i)) is not None}
+        missing = [i for i in ids if i not in found]
+        for chat in await self._chats_by_id(missing):
+            self._chats.put(chat.id, chat)
+            found[chat.id] = chat
+        return found
 
     async def mark_read(self, chat_id: int, user: User, last_read_id: int) -> tuple[ReadMarker, bool]:
         """Move the user's marker in the chat forward to `last_read_id`, never back and never past
         the chat's newest message. The marker with its unread count, and whether it moved."""
-        async with self.connection() as db:
+        return await retry_deadlocks(lambda: self._mark_read(chat_id, user, last_read_id))
+
+    async def _mark_read(self, chat_id: int, user: User, last_read_id: int) -> tuple[ReadMarker, bool]:
+        dm = chat_id != self.general_id  # General has no inbox rows
+        async with self.transaction() as db:
+            if dm:
+                # The DM's inbox row first: a message insert into this chat updates it too, so it
+                # either committed before the count below sees it, or adds its +1 after ours.
+                await db.fetchone(
+                    "SELECT unread FROM chat_inbox WHERE chat_id = %s AND user_id = %s FOR UPDATE",
+                    (chat_id, user.id),
+                )
             row = await db.fetchone("SELECT MAX(id) FROM mensajes_v2 WHERE chat_id = %s", (chat_id,))
             # Copied legacy messages (ids below 0) are history, never unread: a marker stays >= 0.
             newest = max(int(row[0]), 0) if row and row[0] is not None else 0
@@ -377,11 +469,18 @@ class Store(abc.ABC):
                 "FROM chat_reads r WHERE r.chat_id = %s AND r.user_id = %s",
                 (chat_id, user.id),
             )
-        assert row is not None
-        return ReadMarker(chat_id, int(row[0]), int(row[1])), moved
+            assert row is not None
+            marker = ReadMarker(chat_id, int(row[0]), int(row[1]))
+            if dm:
+                await db.execute(
+                    "UPDATE chat_inbox SET unread = %s WHERE chat_id = %s AND user_id = %s",
+                    (marker.unread, chat_id, user.id),
+                )
+        return marker, moved
 
-    async def _chats_by_id(self, ids: list[int], *, with_last_message: bool = True) -> list[Chat]:
-        """Chats in the order of `ids`, in three queries whatever their number (no N+1)."""
+    async def _chats_by_id(self, ids: Sequence[int]) -> list[Chat]:
+        """Chats (without their last message) in the order of `ids`, in two queries whatever
+        their number (no N+1)."""
         if not ids:
             return []
         marks = ", ".join(["%s"] * len(ids))
@@ -391,24 +490,13 @@ class Store(abc.ABC):
             member_rows = await db.fetchall(
                 f"SELECT p.chat_id, {_USER_COLUMNS} FROM chat_participants p "
                 "JOIN usuarios u ON u.id = p.user_id JOIN chats c ON c.id = p.chat_id "
-                f"WHERE p.chat_id IN ({marks}) AND c.type = 'dm' ORDER BY p.chat_id, u.id",
+                f"WHERE p.chat_id IN ({marks}) AND c.type = 'dm'",
                 ids,
             )
-            last_rows: list[Row] = []
-            if with_last_message:
-                last_rows = await db.fetchall(
-                    _MESSAGE_SELECT + "WHERE m.id IN (SELECT MAX(id) FROM mensajes_v2 "
-                    f"WHERE chat_id IN ({marks}) GROUP BY chat_id)",  # idx_chat_id
-                    ids,
-                )
         members: dict[int, list[User]] = {}
-        for row in member_rows:
+        for row in sorted(member_rows, key=lambda r: (r[0], r[1])):  # by chat, then user id
             members.setdefault(row[0], []).append(self._user(row[1:]))
-        last = {m.chat_id: m for m in map(self._message, last_rows)}
-        found = {
-            row[0]: Chat(row[0], row[1], row[2], tuple(members.get(row[0], ())), last.get(row[0]))
-            for row in chat_rows
-        }
+        found = {row[0]: Chat(row[0], row[1], row[2], tuple(members.get(row[0], ()))) for row in chat_rows}
         return [found[i] for i in ids if i in found]
 
     async def get_or_create_dm(self, a: User, b: User) -> tuple[Chat, bool]:
@@ -444,6 +532,9 @@ class Store(abc.ABC):
                         "INSERT IGNORE INTO chat_participants (chat_id, user_id) VALUES (%s, %s)",
                         (chat_id, uid),
                     )
+                    await db.execute(
+                        "INSERT IGNORE INTO chat_inbox (chat_id, user_id) VALUES (%s, %s)", (chat_id, uid)
+                    )
             else:
                 # Another request made it first: drop our chat row and use theirs.
                 await db.execute("DELETE FROM chats WHERE id = %s", (chat_id,))
@@ -460,15 +551,19 @@ class Store(abc.ABC):
         moment = utc_now()
         message_id = await self._batcher.insert((chat_id, sender.id, contenido, _sql_time(moment)))
         self.messages_stored += 1
-        return Message(message_id, chat_id, sender.id, sender.username, contenido, moment)
+        members = await self.members_of([chat_id])
+        return Message(
+            message_id, chat_id, sender.id, sender.username, contenido, moment, members.get(chat_id, ())
+        )
 
     def _batch_connection(self) -> AbstractAsyncContextManager[Db]:
-        """A batch is one INSERT ... RETURNING in autocommit; without RETURNING, one INSERT a row
-        inside one transaction, so the batch still costs one commit (docs/design.md, "MySQL 8")."""
-        return self.connection() if self.returning else self.transaction()
+        """A batch is one transaction: its INSERT (one INSERT ... RETURNING, or without RETURNING
+        one INSERT a row: docs/design.md, "MySQL 8") and its DMs' inbox rows, in one commit."""
+        return self.transaction()
 
     async def insert_messages(self, db: Db, rows: Sequence[Row]) -> list[int]:
-        """Insert (chat_id, sender_id, contenido, time) rows in order; their new ids, in order."""
+        """Insert (chat_id, sender_id, contenido, time) rows in order, and move their DMs up in
+        their participants' inboxes, in the caller's transaction. Returns the new ids, in order."""
         sql = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
         if not self.returning:
             # A single-row INSERT's id is exactly LAST_INSERT_ID() (the cursor's lastrowid) on
@@ -477,16 +572,68 @@ class Store(abc.ABC):
             for row in rows:
                 _, new_id = await db.execute(sql + "(%s, %s, %s, %s)", row)
                 ids.append(new_id)
-            return ids
-        returned = await db.fetchall(
-            sql + ", ".join(["(%s, %s, %s, %s)"] * len(rows)) + RETURNING_ID,
-            [value for row in rows for value in row],
-        )
-        # One statement's auto-increment ids grow row by row; RETURNING's own order is not
-        # promised (SQLite says so), the ids' order is.
-        ids = sorted(int(r[0]) for r in returned)
+        else:
+            returned = await db.fetchall(
+                sql + ", ".join(["(%s, %s, %s, %s)"] * len(rows)) + RETURNING_ID,
+                [value for row in rows for value in row],
+            )
+            # One statement's auto-increment ids grow row by row; RETURNING's own order is not
+            # promised (SQLite says so), the ids' order is.
+            ids = sorted(int(r[0]) for r in returned)
         assert len(ids) == len(rows)
+        await self._touch_inboxes(db, rows, ids, await self._members_on(db, {row[0] for row in rows}))
         return ids
+
+    async def _touch_inboxes(
+        self, db: Db, rows: Sequence[Row], ids: Sequence[int], members: dict[int, tuple[int, ...]]
+    ) -> None:
+        """One upsert for the whole batch: per DM participant, the newest id and +1 unread for
+        each message of someone else. Rows in key order, so concurrent batches lock them in the
+        same order (no deadlock between them)."""
+        changes: dict[tuple[int, int], list[int]] = {}  # (chat, user) -> [newest id, new unread]
+        for (chat_id, sender_id, *_), message_id in zip(rows, ids, strict=True):
+            for user_id in members.get(chat_id, ()):
+                change = changes.setdefault((chat_id, user_id), [0, 0])
+                change[0] = max(change[0], message_id)
+                change[1] += user_id != sender_id
+        if not changes:
+            return
+        keys = sorted(changes)
+        await db.execute(
+            "INSERT INTO chat_inbox (chat_id, user_id, last_message_id, unread) VALUES "
+            + ", ".join(["(%s, %s, %s, %s)"] * len(keys))
+            + self.inbox_upsert,
+            [v for key in keys for v in (*key, *changes[key])],
+        )
+
+    async def members_of(self, chat_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
+        """Each DM's participant ids (General's are everyone: not listed), from the chat cache."""
+        chats = await self._chats_cached([c for c in set(chat_ids) if c != self.general_id])
+        return {c.id: tuple(p.id for p in c.participants) for c in chats.values() if not c.is_general}
+
+    async def _members_on(self, db: Db, chat_ids: set[int]) -> dict[int, tuple[int, ...]]:
+        """`members_of`, on the connection of a transaction: the cache, else one query (on
+        SQLite another connection would wait for this transaction's lock)."""
+        members: dict[int, tuple[int, ...]] = {}
+        missing = []
+        for chat_id in chat_ids - {self.general_id}:
+            chat = self._chats.get(chat_id)
+            if chat is None:
+                missing.append(chat_id)
+            elif not chat.is_general:
+                members[chat_id] = tuple(p.id for p in chat.participants)
+        if missing:
+            marks = ", ".join(["%s"] * len(missing))
+            rows = await db.fetchall(
+                "SELECT p.chat_id, p.user_id FROM chat_participants p JOIN chats c ON c.id = p.chat_id "
+                f"WHERE p.chat_id IN ({marks}) AND c.type = 'dm'",  # uniq_chat_user
+                missing,
+            )
+            found: dict[int, list[int]] = {}
+            for chat_id, user_id in rows:
+                found.setdefault(int(chat_id), []).append(int(user_id))
+            members.update((chat_id, tuple(sorted(users))) for chat_id, users in found.items())
+        return members
 
     async def list_messages(
         self,
@@ -544,13 +691,73 @@ class Store(abc.ABC):
             )
         return [self._message(r) for r in rows]
 
+    async def replay_for_user(
+        self, user: User, after_id: int, upto_id: int, limit: int
+    ) -> list[Message] | None:
+        """A per-user stream's replay: the messages of General and of the user's DMs with
+        after_id < id <= upto_id, in id order, at most `limit`; None when more are missing.
+        Only the DMs active since `after_id` are read (a range of idx_inbox_activity): each
+        has a newer message, so more than `limit` of them means more than `limit` messages."""
+        async with self.connection() as db:
+            rows = await db.fetchall(
+                "SELECT chat_id FROM chat_inbox WHERE user_id = %s AND last_message_id > %s "
+                "ORDER BY last_message_id LIMIT %s",  # idx_inbox_activity
+                (user.id, after_id, limit),
+            )
+        if len(rows) >= limit:
+            return None
+        missed = await self.messages_since([self.general_id, *(r[0] for r in rows)], after_id, upto_id, limit)
+        return missed if len(missed) < limit else None
+
     async def messages_after(self, after_id: int, limit: int) -> list[Message]:
-        """Every chat's messages after `after_id`, in id order (the primary key's range)."""
+        """Every chat's messages after `after_id`, in id order (the primary key's range), with
+        their DMs' participants (for the hub's routing to per-user streams)."""
         async with self.connection() as db:
             rows = await db.fetchall(
                 _MESSAGE_SELECT + "WHERE m.id > %s ORDER BY m.id LIMIT %s", (after_id, limit)
             )
+        messages = [self._message(r) for r in rows]
+        members = await self.members_of(m.chat_id for m in messages)
+        return [replace(m, members=members.get(m.chat_id, ())) for m in messages]
+
+    async def search_messages(
+        self, user: User, words: Sequence[str], chat_id: int | None, before_id: int | None, limit: int
+    ) -> list[Message]:
+        """Messages with every word, newest first: in one chat (the caller checked that the user
+        may read it), or in General and the user's DMs. The full-text index finds them."""
+        where, args = [self.fulltext_match], list[Any]([self.fulltext_query(words)])
+        if chat_id is not None:
+            where.append("m.chat_id = %s")
+            args.append(chat_id)
+        else:
+            where.append(
+                "(m.chat_id = %s OR EXISTS (SELECT 1 FROM chat_participants p "
+                "WHERE p.chat_id = m.chat_id AND p.user_id = %s))"  # uniq_chat_user
+            )
+            args += [self.general_id, user.id]
+        if before_id is not None:
+            where.append(f"{self.fulltext_order} < %s")
+            args.append(before_id)
+        async with self.connection() as db:
+            rows = await db.fetchall(
+                _MESSAGE_COLUMNS
+                + self.fulltext_from
+                + " WHERE "
+                + " AND ".join(where)
+                + f" ORDER BY {self.fulltext_order} DESC LIMIT %s",
+                [*args, limit],
+            )
         return [self._message(r) for r in rows]
+
+    # How the full-text index is joined and asked: InnoDB FULLTEXT in boolean mode, every word
+    # required (the SQLite store asks FTS5 instead).
+    fulltext_from = "FROM mensajes_v2 m LEFT JOIN usuarios u ON u.id = m.sender_id"
+    fulltext_match = "MATCH (m.contenido) AGAINST (%s IN BOOLEAN MODE)"
+    fulltext_order = "m.id"
+
+    @staticmethod
+    def fulltext_query(words: Sequence[str]) -> str:
+        return " ".join(f"+{word}" for word in words)
 
     async def latest_message_id(self) -> int:
         """The newest new message's id; 0 when there is none. Copied legacy messages (ids below 0)

@@ -11,13 +11,15 @@ from typing import Any
 
 import aiosqlite
 
+from ..models import InboxPosition
 from .base import Db, Row, Store
 from .schema_files import Added, statements
 
 
 def _sqlite_sql(sql: str) -> str:
-    """The shared SQL is written for MySQL; these are the only dialect differences it uses."""
-    return sql.replace("%s", "?").replace("INSERT IGNORE", "INSERT OR IGNORE")
+    """The shared SQL is written for MySQL; these are the only dialect differences it uses
+    (SQLite has no row locks: a transaction holds the whole database)."""
+    return sql.replace("%s", "?").replace("INSERT IGNORE", "INSERT OR IGNORE").replace(" FOR UPDATE", "")
 
 
 class _SqliteDb(Db):
@@ -34,6 +36,30 @@ class _SqliteDb(Db):
 
 
 class SqliteStore(Store):
+    inbox_upsert = (
+        " ON CONFLICT (chat_id, user_id) DO UPDATE SET"
+        " last_message_id = MAX(last_message_id, excluded.last_message_id),"
+        " unread = unread + excluded.unread"
+    )
+    # FTS5 first: it yields matches newest first, each then found by primary key.
+    fulltext_from = (
+        "FROM mensajes_fts JOIN mensajes_v2 m ON m.id = mensajes_fts.rowid "
+        "LEFT JOIN usuarios u ON u.id = m.sender_id"
+    )
+    fulltext_match = "mensajes_fts MATCH %s"
+    fulltext_order = "mensajes_fts.rowid"  # FTS5 yields rowids in order: no sort of the matches
+    names_first_select = "SELECT "
+    names_first_join = "CROSS JOIN "
+
+    @staticmethod
+    def fulltext_query(words: Sequence[str]) -> str:
+        return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+    @staticmethod
+    def inbox_after(after: InboxPosition) -> tuple[str, list[Any]]:
+        # A row value: SQLite reads it as one range of idx_inbox_activity.
+        return "(last_message_id, chat_id) < (%s, %s)", [after.activity, after.chat_id]
+
     def __init__(self, url: str) -> None:
         super().__init__()
         # sqlite:///data/x.db is relative to the working directory, sqlite:////abs/x.db absolute.
@@ -50,10 +76,15 @@ class SqliteStore(Store):
         self._conn = await aiosqlite.connect(self.path, isolation_level=None)
         await self._conn.execute("PRAGMA journal_mode=WAL")
         await self._conn.execute("PRAGMA busy_timeout=5000")
+        async with self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'mensajes_fts'") as cur:
+            had_search = await cur.fetchone() is not None
         # In one transaction: two processes starting on one file do not both add a column.
         async with self.transaction() as db:
             await self._run_schema(db, statements("sqlite", "schema.sql"))
             await self._key_names(db)
+            if not had_search:
+                # The triggers index new messages; the ones already there are indexed once, now.
+                await db.execute("INSERT INTO mensajes_fts (mensajes_fts) VALUES ('rebuild')")
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Db]:

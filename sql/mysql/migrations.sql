@@ -37,3 +37,32 @@ CREATE TABLE IF NOT EXISTS chat_reads (
 -- usuarios.name_key, the one notion of "same name" on every store (chat_server/names.py), is
 -- added by MysqlStore._name_keys in one ALTER TABLE together with the change of username's
 -- collation: one table rebuild rather than three, on every new database.
+
+-- Each participant's DMs in activity order, with their unread count: a page of GET /api/chats is
+-- one range of idx_inbox_activity, whatever the number of chats. Kept in the same transaction as
+-- each message insert (Store.insert_messages) and each read marker (Store.mark_read). General
+-- has no rows here: it is everyone's, and a row per user would make each of its messages cost
+-- O(users).
+CREATE TABLE IF NOT EXISTS chat_inbox (
+    chat_id INT NOT NULL,
+    user_id INT NOT NULL,
+    last_message_id INT NOT NULL DEFAULT 0,
+    unread INT NOT NULL DEFAULT 0,
+    PRIMARY KEY (chat_id, user_id),
+    INDEX idx_inbox_activity (user_id, last_message_id, chat_id)
+) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- DMs made before chat_inbox existed (or by a server that did not keep it): their newest
+-- message and the unread after each participant's marker. Only missing rows are computed.
+INSERT IGNORE INTO chat_inbox (chat_id, user_id, last_message_id, unread)
+SELECT p.chat_id, p.user_id,
+    COALESCE((SELECT MAX(m.id) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id), 0),
+    (SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id AND m.sender_id <> p.user_id
+        AND m.id > COALESCE((SELECT r.last_read_id FROM chat_reads r
+                             WHERE r.chat_id = p.chat_id AND r.user_id = p.user_id), 0))
+FROM chat_participants p JOIN chats c ON c.id = p.chat_id AND c.type = 'dm'
+WHERE NOT EXISTS (SELECT 1 FROM chat_inbox i WHERE i.chat_id = p.chat_id AND i.user_id = p.user_id);
+
+-- Message search (GET /api/search): InnoDB's full-text index with its default parser (words
+-- between spaces and punctuation; docs/design.md says why not ngram).
+ALTER TABLE mensajes_v2 ADD FULLTEXT INDEX ft_contenido (contenido);

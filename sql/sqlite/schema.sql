@@ -68,3 +68,32 @@ CREATE TABLE IF NOT EXISTS chat_reads (
     last_read_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (chat_id, user_id)
 );
+
+-- Each participant's DMs in activity order, with their unread count (see sql/mysql/migrations.sql).
+CREATE TABLE IF NOT EXISTS chat_inbox (
+    chat_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    last_message_id INTEGER NOT NULL DEFAULT 0,
+    unread INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (chat_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS idx_inbox_activity ON chat_inbox (user_id, last_message_id, chat_id);
+
+INSERT OR IGNORE INTO chat_inbox (chat_id, user_id, last_message_id, unread)
+SELECT p.chat_id, p.user_id,
+    COALESCE((SELECT MAX(m.id) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id), 0),
+    (SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id AND m.sender_id <> p.user_id
+        AND m.id > COALESCE((SELECT r.last_read_id FROM chat_reads r
+                             WHERE r.chat_id = p.chat_id AND r.user_id = p.user_id), 0))
+FROM chat_participants p JOIN chats c ON c.id = p.chat_id AND c.type = 'dm'
+WHERE NOT EXISTS (SELECT 1 FROM chat_inbox i WHERE i.chat_id = p.chat_id AND i.user_id = p.user_id);
+
+-- Message search (GET /api/search): an FTS5 index over mensajes_v2.contenido (external content:
+-- the text is stored once), kept by these triggers; the store fills it once when it is created.
+-- unicode61 with remove_diacritics ignores case and accents, as MariaDB's collation does.
+CREATE VIRTUAL TABLE IF NOT EXISTS mensajes_fts USING fts5(
+    contenido, content='mensajes_v2', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS mensajes_fts_insert AFTER INSERT ON mensajes_v2 BEGIN INSERT INTO mensajes_fts (rowid, contenido) VALUES (new.id, new.contenido); END;
+CREATE TRIGGER IF NOT EXISTS mensajes_fts_delete AFTER DELETE ON mensajes_v2 BEGIN INSERT INTO mensajes_fts (mensajes_fts, rowid, contenido) VALUES ('delete', old.id, old.contenido); END;
+CREATE TRIGGER IF NOT EXISTS mensajes_fts_update AFTER UPDATE OF contenido ON mensajes_v2 BEGIN INSERT INTO mensajes_fts (mensajes_fts, rowid, contenido) VALUES ('delete', old.id, old.contenido); INSERT INTO mensajes_fts (rowid, contenido) VALUES (new.id, new.contenido); END;

@@ -53,8 +53,17 @@ async def _filled(url: str) -> AsyncIterator[Store]:
                 for who in (u, admin.id)
             ]
             await _bulk(db, "chat_inbox (chat_id, user_id, last_message_id, unread)", inbox)
+            reads = [(c, u, newest[c]) for c, u in pairs]  # the customers read their DMs
+            await _bulk(db, "chat_reads (chat_id, user_id, last_read_id)", reads)
         async with store.connection() as db:
-            for table in ("usuarios", "chats", "chat_participants", "mensajes_v2", "chat_inbox"):
+            for table in (
+                "usuarios",
+                "chats",
+                "chat_participants",
+                "mensajes_v2",
+                "chat_inbox",
+                "chat_reads",
+            ):
                 await db.execute(f"ANALYZE TABLE {table}" if "mysql" in url else f"ANALYZE {table}")
         yield store
     finally:

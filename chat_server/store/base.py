@@ -156,6 +156,7 @@ class Store(abc.ABC):
         self.general_id = int(row[0])
         await self.ensure_user(ADMIN_USERNAME)
         await self._backfill_memberships()
+        await self._backfill_inboxes()
 
     async def _backfill_memberships(self) -> None:
         """Give users made outside this server (e.g. by the seed's SQL) General and a DM with admin."""
@@ -180,6 +181,23 @@ class Store(abc.ABC):
         """Whether this process holds the lock `name`, among every process on this database, for
         the block (never waiting for it). The embedded store serves one process: it always does."""
         yield True
+
+    async def _backfill_inboxes(self) -> None:
+        """DMs made before chat_inbox existed (or by a server that did not keep it): their newest
+        message and the unread after each participant's marker. Only missing rows are computed,
+        so a later start costs an anti-join of the participants, not a recount."""
+        async with self.connection() as db:
+            await db.execute(
+                "INSERT IGNORE INTO chat_inbox (chat_id, user_id, last_message_id, unread) "
+                "SELECT p.chat_id, p.user_id, "
+                "COALESCE((SELECT MAX(m.id) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id), 0), "
+                "(SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id "
+                "AND m.sender_id <> p.user_id AND m.id > COALESCE((SELECT r.last_read_id FROM chat_reads r "
+                "WHERE r.chat_id = p.chat_id AND r.user_id = p.user_id), 0)) "
+                "FROM chat_participants p JOIN chats c ON c.id = p.chat_id AND c.type = 'dm' "
+                "WHERE NOT EXISTS (SELECT 1 FROM chat_inbox i "
+                "WHERE i.chat_id = p.chat_id AND i.user_id = p.user_id)"
+            )
 
     async def ping(self) -> None:
         async with self.connection() as db:

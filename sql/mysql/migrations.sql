@@ -52,17 +52,6 @@ CREATE TABLE IF NOT EXISTS chat_inbox (
     INDEX idx_inbox_activity (user_id, last_message_id, chat_id)
 ) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
--- DMs made before chat_inbox existed (or by a server that did not keep it): their newest
--- message and the unread after each participant's marker. Only missing rows are computed.
-INSERT IGNORE INTO chat_inbox (chat_id, user_id, last_message_id, unread)
-SELECT p.chat_id, p.user_id,
-    COALESCE((SELECT MAX(m.id) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id), 0),
-    (SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id AND m.sender_id <> p.user_id
-        AND m.id > COALESCE((SELECT r.last_read_id FROM chat_reads r
-                             WHERE r.chat_id = p.chat_id AND r.user_id = p.user_id), 0))
-FROM chat_participants p JOIN chats c ON c.id = p.chat_id AND c.type = 'dm'
-WHERE NOT EXISTS (SELECT 1 FROM chat_inbox i WHERE i.chat_id = p.chat_id AND i.user_id = p.user_id);
-
 -- Message search (GET /api/search): InnoDB's full-text index with its default parser (words
 -- between spaces and punctuation; docs/design.md says why not ngram).
 ALTER TABLE mensajes_v2 ADD FULLTEXT INDEX ft_contenido (contenido);

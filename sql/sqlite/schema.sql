@@ -79,15 +79,6 @@ CREATE TABLE IF NOT EXISTS chat_inbox (
 );
 CREATE INDEX IF NOT EXISTS idx_inbox_activity ON chat_inbox (user_id, last_message_id, chat_id);
 
-INSERT OR IGNORE INTO chat_inbox (chat_id, user_id, last_message_id, unread)
-SELECT p.chat_id, p.user_id,
-    COALESCE((SELECT MAX(m.id) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id), 0),
-    (SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id AND m.sender_id <> p.user_id
-        AND m.id > COALESCE((SELECT r.last_read_id FROM chat_reads r
-                             WHERE r.chat_id = p.chat_id AND r.user_id = p.user_id), 0))
-FROM chat_participants p JOIN chats c ON c.id = p.chat_id AND c.type = 'dm'
-WHERE NOT EXISTS (SELECT 1 FROM chat_inbox i WHERE i.chat_id = p.chat_id AND i.user_id = p.user_id);
-
 -- Message search (GET /api/search): an FTS5 index over mensajes_v2.contenido (external content:
 -- the text is stored once), kept by these triggers; the store fills it once when it is created.
 -- unicode61 with remove_diacritics ignores case and accents, as MariaDB's collation does.

@@ -23,7 +23,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	$(PY) bench/benchmarks.py
+	$(PY) bench/benchmarks.py $(if $(SCENARIO),--only "$(SCENARIO)")
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis artifacts

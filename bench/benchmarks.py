@@ -6,6 +6,9 @@ summary. The history scenario fills a table of 1,000,000 messages and times the 
 The results are written to docs/benchmarks.md (and the raw summaries to artifacts/bench/).
 
     python bench/benchmarks.py [--only NAME ...] [--mysql mysql://root@127.0.0.1:3306] [--redis redis://...]
+
+`--only inbox` (or `make bench SCENARIO=inbox`) runs the inbox scenario alone (bench/inbox_scenario.py:
+100,000 customers, 1,000,000 messages, on MariaDB and on SQLite).
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import inbox_scenario as inbox  # bench/inbox_scenario.py, beside this script
 import pymysql
 
 from chat_server.loadtest import NO_LIMITS
@@ -109,7 +113,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(database_url: str, workers: int, redis_url: str) -> Iterator[tuple[str, int]]:
+def server(database_url: str, workers: int, redis_url: str, startup: float = 60) -> Iterator[tuple[str, int]]:
     """A server process on a free port: (base URL, pid of the process holding the streams)."""
     port = free_port()
     env = {**os.environ, **NO_LIMITS, "DATABASE_URL": database_url}
@@ -125,7 +129,7 @@ def server(database_url: str, workers: int, redis_url: str) -> Iterator[tuple[st
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, process)
+        _wait_healthy(base, process, startup)
         yield base, process.pid
     finally:
         process.terminate()
@@ -133,8 +137,8 @@ def server(database_url: str, workers: int, redis_url: str) -> Iterator[tuple[st
         log.close()
 
 
-def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
+def _wait_healthy(base: str, process: subprocess.Popen[bytes], startup: float) -> None:
+    deadline = time.monotonic() + startup
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the server exited with {process.returncode}; see {ARTIFACTS}")
@@ -142,7 +146,7 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
             if resp.status == 200:
                 return
         time.sleep(0.2)  # a starting process has nothing to wait on but its port
-    raise SystemExit("the server did not become healthy in 60 s")
+    raise SystemExit(f"the server did not become healthy in {startup:.0f} s")
 
 
 def run_scenario(scenario: Scenario, mysql: str, redis_url: str) -> dict[str, Any]:
@@ -247,6 +251,64 @@ def run_history(mysql: str) -> dict[str, Any]:
     return result
 
 
+# -- inbox: the admin of 100,000 customers, on both stores ----------------------------------
+
+
+def run_inbox(mysql: str) -> dict[str, Any]:
+    """Per store: load in bulk (kept between runs), start the server (its start-up fills the inbox
+    table the first time: timed), measure."""
+    stores: dict[str, tuple[str, Callable[[str], None]]] = {
+        "MariaDB": (f"{mysql}/chat_bench_inbox", lambda url: inbox.load_mysql(url)),
+        "SQLite": (
+            f"sqlite:///{ARTIFACTS / 'inbox.sqlite3'}",
+            lambda url: inbox.load_sqlite(url[len("sqlite:///") :]),
+        ),
+    }
+    results: dict[str, Any] = {}
+    for name, (url, load) in stores.items():
+        print(f"bench: inbox on {name}: loading ...", file=sys.stderr, flush=True)
+        with server(url, 1, ""):
+            pass  # the server creates the schema
+        started = time.monotonic()
+        load(url)
+        loaded = time.monotonic() - started
+        started = time.monotonic()
+        with server(url, 1, "", startup=1800) as (base, pid):
+            ready = time.monotonic() - started
+            print(f"bench: inbox on {name}: measuring ...", file=sys.stderr, flush=True)
+            results[name] = asyncio.run(inbox.measure(base, pid))
+        results[name]["load_seconds"] = round(loaded, 1)
+        results[name]["start_seconds"] = round(ready, 1)
+    return results
+
+
+def _inbox_lines(figures: dict[str, Any]) -> list[str]:
+    def q(key: str, f: dict[str, Any]) -> str:
+        v = f[key]
+        return f"{v['p50']} / {v['p99']} / {v['max']}"
+
+    lines = [
+        "",
+        f"**inbox**: the admin of {inbox.CUSTOMERS:,} customers, each with a DM of {inbox.PER_DM} messages"
+        f" ({inbox.CUSTOMERS * inbox.PER_DM:,} messages), loaded in bulk; sequential requests on one"
+        " keep-alive connection (bench/inbox_scenario.py). Targets: pages and name search p99 ≤ 20 ms,"
+        " message search p99 ≤ 100 ms, stream connect and delivery ≤ 50 ms. Figures p50 / p99 / max in ms.",
+        "",
+        "| Store | First page | Later pages (whole inbox) | Name search | Message search | Stream connect"
+        " to first byte | Delivery to the admin's stream | Memory per admin stream | Load / start-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for store, f in figures.items():
+        lines.append(
+            f"| {store} | {q('first_page_ms', f)} | {q('later_pages_ms', f)} ({f['dms_walked']:,} DMs) |"
+            f" {q('name_search_ms', f)} | {q('message_search_ms', f)} ({f['message_search_hits']:.1f} hits) |"
+            f" {q('stream_connect_ms', f)} | {q('delivery_ms', f)} ({f['delivered']}) |"
+            f" {f['admin_stream_kb']} KB (RSS {f['server_rss_mb']} MB) |"
+            f" {f['load_seconds']} s / {f['start_seconds']} s |"
+        )
+    return lines
+
+
 # -- the report -----------------------------------------------------------------------------
 
 
@@ -344,7 +406,9 @@ def _cells(scenario: Scenario, s: dict[str, Any]) -> list[str]:
     ]
 
 
-def render(results: dict[str, dict[str, Any]], history: dict[str, Any] | None) -> str:
+def render(
+    results: dict[str, dict[str, Any]], history: dict[str, Any] | None, inbox_figures: dict[str, Any] | None
+) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmarks",
@@ -370,6 +434,8 @@ def render(results: dict[str, dict[str, Any]], history: dict[str, Any] | None) -
             " over one keep-alive connection (target p99 ≤ 5 ms): "
             f"p50 {history['p50']} ms, p99 {history['p99']} ms, max {history['max']} ms.",
         ]
+    if inbox_figures:
+        lines += _inbox_lines(inbox_figures)
     lines.append(NOTES)
     lines += ["## Commands", ""]
     for scenario in SCENARIOS:
@@ -392,11 +458,12 @@ def main() -> None:
     parser.add_argument("--redis", default=os.environ.get("CHAT_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or [s.name for s in SCENARIOS] + ["history"])
+    wanted = set(args.only or [s.name for s in SCENARIOS] + ["history", "inbox"])
     results_file = ARTIFACTS / "results.json"
     saved = json.loads(results_file.read_text()) if results_file.exists() else {}
     results: dict[str, dict[str, Any]] = saved.get("scenarios", {})
     history = saved.get("history")
+    inbox_figures = saved.get("inbox")
     for scenario in SCENARIOS:
         if scenario.name in wanted:
             print(f"bench: {scenario.name} ...", file=sys.stderr, flush=True)
@@ -406,8 +473,13 @@ def main() -> None:
         print("bench: history ...", file=sys.stderr, flush=True)
         history = run_history(args.mysql)
         print(json.dumps(history), file=sys.stderr, flush=True)
-    results_file.write_text(json.dumps({"scenarios": results, "history": history}, indent=1))
-    REPORT.write_text(render(results, history))
+    if "inbox" in wanted:
+        inbox_figures = run_inbox(args.mysql)
+        print(json.dumps(inbox_figures), file=sys.stderr, flush=True)
+    results_file.write_text(
+        json.dumps({"scenarios": results, "history": history, "inbox": inbox_figures}, indent=1)
+    )
+    REPORT.write_text(render(results, history, inbox_figures))
     print(f"bench: wrote {REPORT}", file=sys.stderr)
 
 

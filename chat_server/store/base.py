@@ -403,6 +403,22 @@ class Store(abc.ABC):
         key = name_key(prefix)
         return "u.name_key >= %s AND u.name_key < %s", [key, key + "\U0010ffff"]
 
+    async def dm_read_markers(self, chat_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+        """Per DM, its participants' read markers (user id -> last_read_id): two rows a DM."""
+        if not chat_ids:
+            return {}
+        marks = ", ".join(["%s"] * len(chat_ids))
+        async with self.connection() as db:
+            rows = await db.fetchall(
+                # The primary key (chat_id, user_id) answers it.
+                f"SELECT chat_id, user_id, last_read_id FROM chat_reads WHERE chat_id IN ({marks})",
+                list(chat_ids),
+            )
+        reads: dict[int, dict[int, int]] = {}
+        for chat_id, user_id, last in rows:
+            reads.setdefault(int(chat_id), {})[int(user_id)] = int(last)
+        return reads
+
     async def _general_for(self, user: User) -> Chat:
         """General with its newest message and the user's unread count there (the messages of
         others after their marker: one range of idx_chat_id)."""

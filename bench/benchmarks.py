@@ -32,7 +32,6 @@ from typing import Any
 
 import aiohttp
 import inbox_scenario as inbox  # bench/inbox_scenario.py, beside this script
-import pymysql
 
 from chat_server.loadtest import NO_LIMITS
 
@@ -178,17 +177,7 @@ HISTORY_QUERIES = 2000
 
 def fill_history(mysql: str, database: str) -> int:
     """1,000,000 messages over 1,000 chats (made once; kept between runs). Returns General's id."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(mysql)
-    conn = pymysql.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        database=database,
-        autocommit=True,
-    )
+    conn = inbox.connect_mysql(mysql, database)
     with conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM mensajes_v2")
         (count,) = cur.fetchone()

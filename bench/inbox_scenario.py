@@ -142,17 +142,23 @@ class Loader:
         self.insert("mensajes_v2 (chat_id, sender_id, contenido)", messages(pairs, admin_id))
 
 
-def load_mysql(url: str) -> None:
-    parts = urlsplit(url)
-    conn = pymysql.connect(
+def connect_mysql(server: str, database: str) -> pymysql.connections.Connection:
+    """A plain pymysql connection (autocommit) to `database` on the server of a mysql:// URL."""
+    parts = urlsplit(server)
+    return pymysql.connect(
         host=parts.hostname,
         port=parts.port or 3306,
         user=parts.username or "root",
         password=parts.password or "",
-        database=parts.path.lstrip("/"),
+        database=database,
         autocommit=True,
         charset="utf8mb4",
     )
+
+
+def load_mysql(url: str) -> None:
+    server, _, database = url.rpartition("/")
+    conn = connect_mysql(server, database)
     with conn.cursor() as cur:
 
         def execute(sql: str, rows: list[tuple[Any, ...]]) -> None:

@@ -67,8 +67,9 @@ async def ana_online_for_beto(client: ChatClient) -> bool:
 REDIS_BOUND = 4.0
 
 # Where the stream's setup waits on the database when the client hangs up: announcing the user
-# online (their first stream), reading the user's chats, replaying missed messages.
-STAGES = ("presence", "chats", "replay")
+# online (their first stream), replaying a per-user stream (the user's DMs active since), replaying
+# one chat's missed messages.
+STAGES = ("presence", "user replay", "replay")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -86,7 +87,7 @@ async def test_hanging_up_during_stream_setup_releases_its_slot_and_presence(
     # Already online from another stream: the setup has no presence work to do.
     others = [] if stage == "presence" else [await client.open_stream({"username": "ana"})]
     params = {"username": "ana"} | ({"chat_id": general} if stage == "replay" else {})
-    headers = {"Last-Event-ID": "0"} if stage == "replay" else {}
+    headers = {"Last-Event-ID": "0"} if stage != "presence" else {}
 
     proxy.stall()
     connecting = asyncio.create_task(client.http.get("/api/stream", params=params, headers=headers))

@@ -39,7 +39,7 @@ from aiohttp import web
 from .errors import ApiError
 from .keeper import keeper_key
 from .models import ADMIN_USERNAME, User, utc_now
-from .names import name_key
+from .names import name_key, name_skeleton
 from .settings import Settings
 from .store import Store, open_store, store_key
 from .store.base import Db, Row, _sql_time
@@ -247,9 +247,9 @@ class LegacyMigration:
         never changing, so a role set afterwards would not be seen by the store that made them."""
         async with self.store.connection() as db:
             count, _ = await db.execute(
-                "INSERT IGNORE INTO usuarios (username, name_key, role, creado_en) "
-                "VALUES (%s, %s, 'admin', %s)",
-                (name, name_key(name), _sql_time(utc_now())),
+                "INSERT IGNORE INTO usuarios (username, name_key, name_skeleton, role, creado_en) "
+                "VALUES (%s, %s, %s, 'admin', %s)",
+                (name, name_key(name), name_skeleton(name), _sql_time(utc_now())),
             )
         user = await self.store.get_user(username=name)
         assert user is not None

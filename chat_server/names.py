@@ -11,7 +11,8 @@
   characters, the soft hyphen, bidi controls, variation selectors and Hangul fillers, and
   unassigned code points, whose key a later Unicode could change), nor U+FFFD (text that was
   decoded wrongly somewhere), must show something, and must not look like `admin` (the UTS #39
-  confusables skeleton, from ICU) unless they are admin's name.
+  confusables skeleton, from ICU) unless they are admin's name, nor like any user's name (the
+  skeleton of its key, `name_skeleton()`, stored in `usuarios.name_skeleton`; the store checks).
 - **Existing names are never refused**: a name is looked up by its key first, and the rules above
   apply only to creating a user, so a user made before them logs in with their name as it is.
 """
@@ -27,8 +28,8 @@ import precis_i18n
 from .errors import BadRequest
 from .models import ADMIN_USERNAME
 
-# usuarios.name_key is a VARCHAR(255); a longer key (NFKC expands some characters up to 18-fold)
-# is stored as a digest of itself, which stays unique.
+# usuarios.name_key and name_skeleton are VARCHAR(255); a longer value (NFKC expands some
+# characters up to 18-fold) is stored as a digest of itself, which stays unique.
 MAX_KEY_CHARS = 255
 # Blank, yet letters or symbols to Unicode (the Hangul fillers are default-ignorable already).
 BLANKS = frozenset("\u2800\u3164\uffa0\u115f\u1160")
@@ -43,10 +44,17 @@ def name_key(name: str) -> str:
     """The one notion of "same name": equal keys are one user, on every store."""
     folded = unicodedata.normalize("NFKC", name).casefold()
     bare = "".join(c for c in unicodedata.normalize("NFKD", folded) if not unicodedata.combining(c))
-    key = " ".join(unicodedata.normalize("NFC", bare).split())
-    if len(key) > MAX_KEY_CHARS:
-        return "#" + hashlib.sha256(key.encode()).hexdigest()
-    return key
+    return _fit(" ".join(unicodedata.normalize("NFC", bare).split()))
+
+
+def name_skeleton(name: str) -> str:
+    """What usuarios.name_skeleton holds: two users whose names have one skeleton look alike
+    (`ana`, and `ana` with a Cyrillic a), and a new name may not look like a user's."""
+    return _fit(skeleton(name_key(name)))
+
+
+def _fit(value: str) -> str:
+    return "#" + hashlib.sha256(value.encode()).hexdigest() if len(value) > MAX_KEY_CHARS else value
 
 
 ADMIN_KEY = name_key(ADMIN_USERNAME)

@@ -24,6 +24,8 @@ async def ensure_user(app: web.Application, username: str) -> tuple[User, bool]:
     that is no one's yet must pass the rules for new names (an existing user keeps theirs)."""
     if await app[store_key].get_user(username=username) is None:
         refuse_new_name(username)
+        if await app[store_key].looks_taken(username):
+            raise BadRequest("username looks like the name of another user", field="username")
     user, created = await app[store_key].ensure_user(username)
     if created:
         await app[store_key].start_reading_general(user)

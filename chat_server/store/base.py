@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ..errors import BadRequest, Unavailable
 from ..models import ADMIN_USERNAME, Chat, InboxPosition, Message, ReadMarker, Role, User, utc_now
-from ..names import ADMIN_KEY, MAX_KEY_CHARS, name_key
+from ..names import ADMIN_KEY, MAX_KEY_CHARS, name_key, name_skeleton
 from .batching import InsertBatcher
 from .dialect import RETURNING_ID
 from .schema_files import Added, added_object
@@ -233,8 +233,15 @@ class Store(abc.ABC):
         async with self.connection() as db:
             # INSERT IGNORE: a concurrent first login of the same name creates one row.
             count, _ = await db.execute(
-                "INSERT IGNORE INTO usuarios (username, name_key, role, creado_en) VALUES (%s, %s, %s, %s)",
-                (username, key, role or ("admin" if key == ADMIN_KEY else "user"), _sql_time(utc_now())),
+                "INSERT IGNORE INTO usuarios (username, name_key, name_skeleton, role, creado_en) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (
+                    username,
+                    key,
+                    name_skeleton(username),
+                    role or ("admin" if key == ADMIN_KEY else "user"),
+                    _sql_time(utc_now()),
+                ),
             )
         user = await self.get_user(username=username)
         if user is None:
@@ -249,35 +256,55 @@ class Store(abc.ABC):
             await self._join_new_user(user)
         return user, bool(count)
 
+    async def looks_taken(self, username: str) -> bool:
+        """Whether another user's name looks like this one (the same skeleton, another key)."""
+        async with self.connection() as db:
+            # idx_name_skeleton
+            row = await db.fetchone(
+                "SELECT 1 FROM usuarios WHERE name_skeleton = %s AND name_key <> %s LIMIT 1",
+                (name_skeleton(username), name_key(username)),
+            )
+        return row is not None
+
     async def _key_names(self, db: Db) -> None:
-        """Fill usuarios.name_key where it is missing: every user at the first start after the
-        column was added, and users made outside the server since. In id order, so when two old
-        names share a key (look-alikes the old comparison told apart, such as `admin` and `admin`
-        with a mathematical bold a on MariaDB), the older user keeps it; the newer one's key gets
-        its id appended, and it is reached by its token or cookie, no longer by name."""
-        rows = await db.fetchall("SELECT id, username FROM usuarios WHERE name_key IS NULL ORDER BY id")
+        """Fill usuarios.name_key and name_skeleton where missing: every user at the first start
+        after the columns were added, and users made outside the server since. In id order, so
+        when two old names share a key (look-alikes the old comparison told apart, such as
+        `admin` and `admin` with a mathematical bold a on MariaDB), the older user keeps it; the
+        newer one's key gets its id appended, and it is reached by its token or cookie, no
+        longer by name."""
+        rows = await db.fetchall(
+            "SELECT id, username, name_key FROM usuarios "
+            "WHERE name_key IS NULL OR name_skeleton IS NULL ORDER BY id"
+        )
         if not rows:
             return
         taken = {
             row[0] for row in await db.fetchall("SELECT name_key FROM usuarios WHERE name_key IS NOT NULL")
         }
-        keys: list[tuple[int, str]] = []
-        for user_id, username in rows:
-            key = name_key(str(username))
-            if key in taken:
-                log.warning(
-                    "user %s (%r) has the name key of an older user: keyed by its id", user_id, username
-                )
-                key = f"{key[: MAX_KEY_CHARS - 12]}\x1f{user_id}"
-            taken.add(key)
-            keys.append((int(user_id), key))
+        filled: list[tuple[int, str, str]] = []
+        for user_id, username, key in rows:
+            if key is None:
+                key = name_key(str(username))
+                if key in taken:
+                    log.warning(
+                        "user %s (%r) has the name key of an older user: keyed by its id", user_id, username
+                    )
+                    key = f"{key[: MAX_KEY_CHARS - 12]}\x1f{user_id}"
+                taken.add(key)
+            filled.append((int(user_id), str(key), name_skeleton(str(username))))
         # Many rows per statement: the first start on a big table is a few statements, not one per user.
-        for start in range(0, len(keys), KEY_BATCH):
-            batch = keys[start : start + KEY_BATCH]
+        for start in range(0, len(filled), KEY_BATCH):
+            batch = filled[start : start + KEY_BATCH]
+            cases = "WHEN %s THEN %s " * len(batch)
             await db.execute(
-                "UPDATE usuarios SET name_key = CASE id " + "WHEN %s THEN %s " * len(batch) + "END "
+                f"UPDATE usuarios SET name_key = CASE id {cases}END, name_skeleton = CASE id {cases}END "
                 f"WHERE id IN ({', '.join(['%s'] * len(batch))})",
-                [*(v for pair in batch for v in pair), *(user_id for user_id, _ in batch)],
+                [
+                    *(v for user_id, key, _ in batch for v in (user_id, key)),
+                    *(v for user_id, _, shape in batch for v in (user_id, shape)),
+                    *(user_id for user_id, _, _ in batch),
+                ],
             )
 
     async def _join_new_user(self, user: User) -> None:

@@ -186,7 +186,8 @@ class MysqlStore(Store):
             conn.close()
 
     async def _name_keys(self, db: Db) -> None:
-        """usuarios.name_key (chat_server/names.py), one user per key, compared as bytes: the key
+        """usuarios.name_key (chat_server/names.py), one user per key, and name_skeleton (to find
+        names that look alike), compared as bytes: the key
         is canonical already, and a collation would fold it again its own way. The seed's
         UNIQUE(username) compares by utf8mb4_unicode_ci, which takes names the key tells apart for
         one (every character outside the BMP is the same to it; `æ` is `ae`): it would refuse a
@@ -195,7 +196,7 @@ class MysqlStore(Store):
         rows = await db.fetchall(
             "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
             "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'usuarios' "
-            "AND COLUMN_NAME IN ('username', 'name_key')"
+            "AND COLUMN_NAME IN ('username', 'name_key', 'name_skeleton')"
         )
         columns = {str(name): collation for name, collation in rows}
         changes = []
@@ -204,6 +205,11 @@ class MysqlStore(Store):
         if "name_key" not in columns:
             changes.append("ADD COLUMN name_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL")
             changes.append("ADD UNIQUE INDEX uniq_name_key (name_key)")
+        if "name_skeleton" not in columns:
+            changes.append(
+                "ADD COLUMN name_skeleton VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL"
+            )
+            changes.append("ADD INDEX idx_name_skeleton (name_skeleton)")
         if changes:
             await db.execute("ALTER TABLE usuarios " + ", ".join(changes))
 

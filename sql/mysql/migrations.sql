@@ -34,9 +34,9 @@ CREATE TABLE IF NOT EXISTS chat_reads (
     PRIMARY KEY (chat_id, user_id)
 ) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
--- usuarios.name_key, the one notion of "same name" on every store (chat_server/names.py), is
--- added by MysqlStore._name_keys in one ALTER TABLE together with the change of username's
--- collation: one table rebuild rather than three, on every new database.
+-- usuarios.name_key, the one notion of "same name" on every store (chat_server/names.py), and
+-- name_skeleton are added by MysqlStore._name_keys in one ALTER TABLE together with the change
+-- of username's collation: one table rebuild rather than five, on every new database.
 
 -- Each participant's DMs in activity order, with their unread count: a page of GET /api/chats is
 -- one range of idx_inbox_activity, whatever the number of chats. Kept in the same transaction as

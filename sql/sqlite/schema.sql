@@ -13,6 +13,9 @@ CREATE TABLE IF NOT EXISTS usuarios (
 DROP INDEX IF EXISTS uniq_username;
 ALTER TABLE usuarios ADD COLUMN name_key TEXT NULL;
 CREATE UNIQUE INDEX uniq_name_key ON usuarios (name_key);
+-- Names that look alike have one skeleton: a new name may not look like a user's.
+ALTER TABLE usuarios ADD COLUMN name_skeleton TEXT NULL;
+CREATE INDEX idx_name_skeleton ON usuarios (name_skeleton);
 
 CREATE TABLE IF NOT EXISTS chats (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

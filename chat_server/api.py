@@ -10,15 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from . import service
-from .auth import (
-    check_admin_password,
-    clear_login_cookie,
-    current_user,
-    identify,
-    issue_token,
-    resolve,
-    set_login_cookie,
-)
+from .auth import current_user, identify, resolve
 from .broker import broker_key
 from .errors import BadRequest, NotFound, Unavailable
 from .jsonutil import json_response
@@ -44,35 +36,9 @@ from .validation import (
 READY_TIMEOUT = 2.0
 
 
-async def login(request: web.Request) -> web.Response:
-    limits = request.app[limits_key]
-    await limits.address_logins(request)
-    body = await read_body(request)
-    username = clean_username(body.get("username", request.query.get("username")))
-    user, created = await service.ensure_user(request.app, username)
-    await limits.user_logins(user.id)
-    if not created:
-        # Made without a login (the server's admin account, seeded or migrated users): their
-        # General starts read at their first login, not at 99+ of history.
-        await request.app[store_key].start_reading_general(user)
-    if user.is_admin:
-        check_admin_password(request, body.get("password"))
-    token = issue_token(request.app[settings_key].secret, user)
-    response = json_response({"user": user.to_json(), "token": token}, status=201 if created else 200)
-    set_login_cookie(request, response, token)
-    return response
-
-
 async def me(request: web.Request) -> web.Response:
     user = await current_user(request)
     return json_response({"user": user.to_json()})
-
-
-async def logout(request: web.Request) -> web.Response:
-    # Stateless: the browser drops the cookie; other clients forget their token.
-    response = json_response({"ok": True})
-    clear_login_cookie(response)
-    return response
 
 
 async def list_chats(request: web.Request) -> web.Response:
@@ -139,7 +105,7 @@ async def create_dm(request: web.Request) -> web.Response:
 async def readable_chat(request: web.Request, chat_id: int) -> Chat:
     """The chat, if the caller may read it (identity is optional for General, but a bare
     username is refused even there with CHAT_AUTH=strict)."""
-    who = identify(request)
+    who = await identify(request)
     chat = await request.app[store_key].get_chat(chat_id)
     if chat is None:
         raise NotFound("unknown chat", chat_id=chat_id)
@@ -244,9 +210,7 @@ async def _answers(ping: Awaitable[None]) -> bool:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/api/login", login)
     app.router.add_get("/api/me", me)
-    app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/chats", list_chats)
     app.router.add_get("/api/search", search_messages)
     app.router.add_post("/api/chats/dm", create_dm)

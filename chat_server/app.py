@@ -8,7 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import api, frontend, legacy, metrics, migrate_legacy, openapi, service, streams
+from . import api, frontend, legacy, login, metrics, migrate_legacy, openapi, service, streams
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
 from .edge import MAX_BODY_BYTES, decode_headers
 from .errors import error_middleware
@@ -17,6 +17,7 @@ from .keeper import Keeper, keeper_key
 from .limits import Limits, RateLimiter, RedisRateLimiter, RedisStreamSlots, StreamSlots, limits_key
 from .presence import LocalPresence, Presence, RedisPresence, presence_key
 from .proxies import TrustedProxies, proxy_middleware
+from .sessions import Sessions, sessions_key
 from .settings import Settings, settings_key
 from .store import open_store, store_key
 
@@ -42,9 +43,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_broker_ctx)
     app.cleanup_ctx.append(_presence_ctx)
     app.cleanup_ctx.append(_limits_ctx)
+    app.cleanup_ctx.append(_sessions_ctx)
     app.cleanup_ctx.append(migrate_legacy.backfill_ctx)
     app.on_shutdown.append(_end_streams)
     api.setup_routes(app)
+    login.setup_routes(app)
     legacy.setup_routes(app)
     streams.setup_routes(app)
     frontend.setup_routes(app)
@@ -133,6 +136,11 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
     await slots.close()
 
 
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[sessions_key] = Sessions(app[settings_key], app[store_key], app[broker_key])
+    yield
+
+
 async def _end_streams(app: web.Application) -> None:
     # Open streams would otherwise hold shutdown for the whole shutdown timeout, twice.
     app[hub_key].close()
@@ -145,7 +153,7 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
         allow_credentials=credentials,
         expose_headers="*",
         allow_headers=CORS_HEADERS,
-        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
         max_age=600,
     )
     cors = aiohttp_cors.setup(app, defaults={o: options for o in settings.cors_origins or ("*",)})

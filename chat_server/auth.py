@@ -1,15 +1,14 @@
-"""Who is calling: signed tokens (header, query or login cookie) and the seed's bare usernames.
+"""Who is calling: session tokens (header, query or login cookie) and the seed's bare usernames.
 
 In order: a token in the request (Authorization: Bearer, or ?token= for EventSource); then, with
 CHAT_AUTH=username, a bare username (X-Username, ?username=, body `username`); then the login
 cookie. What the request itself names wins over the cookie, which the browser adds on its own.
 With CHAT_AUTH=strict a bare username identifies no one: without a token or cookie it is a 401.
+A token names a login session (chat_server/sessions.py): one that ended or expired is refused.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Any
@@ -19,61 +18,43 @@ from yarl import URL
 
 from . import service
 from .errors import Forbidden, NotFound, Unauthorized
+from .limits import limits_key
 from .models import User
+from .sessions import Session, request_session_key, sessions_key
 from .settings import settings_key
 from .store import store_key
 from .validation import clean_username
 
-TOKEN_PREFIX = "v1"
 COOKIE_NAME = "chat_token"
-# How long a browser keeps the login cookie (the token in it does not expire by itself).
-COOKIE_MAX_AGE = 30 * 24 * 3600
 STRICT_REFUSAL = "a bare username is not accepted here: log in and send the token or the login cookie"
-
-
-def issue_token(secret: str, user: User) -> str:
-    """A stateless token: the user id, signed. Nothing is stored on the server."""
-    payload = f"{TOKEN_PREFIX}.{user.id}"
-    return f"{payload}.{_sign(secret, payload)}"
-
-
-def read_token(secret: str, token: str) -> int | None:
-    """The user id in a valid token, else None."""
-    if not token.isascii():  # ours are; and compare_digest refuses other text
-        return None
-    prefix, _, rest = token.partition(".")
-    user_id, _, signature = rest.partition(".")
-    if prefix != TOKEN_PREFIX or not user_id.isdigit():
-        return None
-    if not hmac.compare_digest(signature, _sign(secret, f"{prefix}.{user_id}")):
-        return None
-    return int(user_id)
-
-
-def _sign(secret: str, payload: str) -> str:
-    digest = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who the request says it is: a verified user id, or a bare username (the seed's way)."""
+    """Who the request says it is: a user of a live session, or a bare username (the seed's way)."""
 
     user_id: int | None = None
     username: str | None = None
+    session: Session | None = None
 
 
-def identify(request: web.Request, body: dict[str, Any] | None = None) -> Identity | None:
-    """Who the request says it is (see the module's docstring for the order); None if no one."""
-    settings = request.app[settings_key]
+def request_token(request: web.Request) -> str | None:
+    """The token the request itself carries: `Authorization: Bearer`, else `?token=`."""
     authorization = request.headers.get("Authorization", "")
-    bearer = authorization[:7].lower() == "bearer "
-    token = authorization[7:].strip() if bearer else request.query.get("token")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return request.query.get("token")
+
+
+async def identify(request: web.Request, body: dict[str, Any] | None = None) -> Identity | None:
+    """Who the request says it is (see the module's docstring for the order); None if no one."""
+    settings, sessions = request.app[settings_key], request.app[sessions_key]
+    token = request_token(request)
     if token is not None:
-        user_id = read_token(settings.secret, token)
-        if user_id is None:
-            raise Unauthorized("invalid token")
-        return Identity(user_id=user_id)
+        session = await sessions.find(token)
+        if session is None:
+            raise Unauthorized("invalid or expired token: log in again")
+        return _by_session(request, session)
     bare = next(
         (
             value
@@ -88,14 +69,32 @@ def identify(request: web.Request, body: dict[str, Any] | None = None) -> Identi
     )
     if bare is not None and settings.auth_mode == "username":
         return Identity(username=clean_username(bare))
-    # A cookie the secret no longer verifies (say, after a restart) identifies no one.
-    cookie_user = read_token(settings.secret, request.cookies.get(COOKIE_NAME, ""))
-    if cookie_user is not None:
+    # A cookie of a session that ended or expired (or of another secret) identifies no one.
+    cookie = request.cookies.get(COOKIE_NAME)
+    session = None if not cookie else await sessions.find(cookie)
+    if session is not None:
         _refuse_foreign_origin(request)
-        return Identity(user_id=cookie_user)
+        return _by_session(request, session)
     if bare is not None:
         raise Unauthorized(STRICT_REFUSAL)
     return None
+
+
+async def presented_session(request: web.Request) -> tuple[str, Session] | None:
+    """The live session the request carries (token or cookie) with its token, ignoring bare
+    usernames; None when it carries none (an invalid one is no error here)."""
+    sessions = request.app[sessions_key]
+    for token in (request_token(request), request.cookies.get(COOKIE_NAME)):
+        if token:
+            session = await sessions.find(token)
+            if session is not None:
+                return token, session
+    return None
+
+
+def _by_session(request: web.Request, session: Session) -> Identity:
+    request[request_session_key] = session
+    return Identity(user_id=session.user_id, session=session)
 
 
 def _refuse_foreign_origin(request: web.Request) -> None:
@@ -128,7 +127,7 @@ def set_login_cookie(request: web.Request, response: web.StreamResponse, token: 
     response.set_cookie(
         COOKIE_NAME,
         token,
-        max_age=COOKIE_MAX_AGE,
+        max_age=round(request.app[settings_key].session_days * 86_400),
         path="/",
         httponly=True,
         samesite="Lax",
@@ -153,14 +152,14 @@ async def current_user(
     request: web.Request, body: dict[str, Any] | None = None, *, create: bool = False
 ) -> User:
     """The caller as a stored user: 401 without identity, 404 when unknown (unless `create`)."""
-    who = identify(request, body)
+    who = await identify(request, body)
     if who is None:
         raise Unauthorized("identity required: log in (or, unless CHAT_AUTH=strict, send X-Username)")
     return await resolve(request, who, create=create)
 
 
 async def optional_user(request: web.Request, body: dict[str, Any] | None = None) -> User | None:
-    who = identify(request, body)
+    who = await identify(request, body)
     return None if who is None else await resolve(request, who)
 
 
@@ -170,7 +169,7 @@ async def resolve(request: web.Request, who: Identity, *, create: bool = False) 
         user = await store.get_user(user_id=who.user_id)
     elif create:
         assert who.username is not None
-        user, _ = await service.ensure_user(request.app, who.username)
+        user, _ = await user_by_name(request, who.username)
     else:
         user = await store.get_user(username=who.username)
     if user is None:
@@ -178,3 +177,12 @@ async def resolve(request: web.Request, who: Identity, *, create: bool = False) 
     if user.is_admin and who.username is not None and request.app[settings_key].admin_password:
         raise Unauthorized("admin has a password: log in, then send the token or the login cookie")
     return user
+
+
+async def user_by_name(request: web.Request, username: str) -> tuple[User, bool]:
+    """The user by name, created on first use (limited per client address); whether created."""
+    existing = await request.app[store_key].get_user(username=username)
+    if existing is not None:
+        return existing, False
+    await request.app[limits_key].signups(request)
+    return await service.ensure_user(request.app, username)

@@ -51,6 +51,9 @@ class Broker(abc.ABC):
         self.hub = hub
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._tokens = itertools.count()
+        # Told the keys of login sessions that ended on any process (None: any may have, forget
+        # them all); the sessions module registers here.
+        self.session_listeners: list[Callable[[list[str] | None], None]] = []
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -77,6 +80,14 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def typing(self, typing: dict[str, Any], user_ids: list[int]) -> None: ...
+
+    @abc.abstractmethod
+    async def sessions_ended(self, keys: list[str]) -> None:
+        """Login sessions ended: every process forgets them and closes their streams."""
+
+    def _sessions_ended(self, keys: list[str] | None) -> None:
+        for listener in self.session_listeners:
+            listener(keys)
 
     def _new_token(self) -> str:
         return f"{self.process_id}:{next(self._tokens)}"
@@ -108,6 +119,9 @@ class LocalBroker(Broker):
 
     async def typing(self, typing: dict[str, Any], user_ids: list[int]) -> None:
         self.hub.typing(typing, user_ids)
+
+    async def sessions_ended(self, keys: list[str]) -> None:
+        self._sessions_ended(keys)
 
 
 class RedisBroker(Broker):
@@ -206,6 +220,10 @@ class RedisBroker(Broker):
         if not await self._publish({"type": "typing", "typing": typing, "users": user_ids}):
             self.hub.typing(typing, user_ids)
 
+    async def sessions_ended(self, keys: list[str]) -> None:
+        if not await self._publish({"type": "sessions_ended", "keys": keys}):
+            self._sessions_ended(keys)
+
     async def _publish(self, event: dict[str, Any]) -> bool:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
@@ -271,6 +289,8 @@ class RedisBroker(Broker):
             self.hub.chat_read(event["user_id"], event["marker"], event.get("partners", ()))
         elif kind == "typing":
             self.hub.typing(event["typing"], event["users"])
+        elif kind == "sessions_ended":
+            self._sessions_ended(event["keys"])
         elif kind == "resync":
             await self._resync()
         elif not self.healthy:
@@ -289,6 +309,7 @@ class RedisBroker(Broker):
             released = max(released, await self.store.latest_message_id())
         self.hub.sequencer.reset(released)
         self.hub.end_streams()
+        self._sessions_ended(None)  # an ending may have been missed: sessions are read again
         self._stop("follower")
         self.healthy = True
 

@@ -40,6 +40,16 @@ class NotFound(ApiError):
     status = 404
 
 
+class RequestTimeout(ApiError):
+    """The body did not arrive in time; the connection is closed after the answer."""
+
+    status = 408
+
+
+class Conflict(ApiError):
+    status = 409
+
+
 class TooManyRequests(ApiError):
     """A rate limit or the stream cap: retry after `retry_after` seconds (sent as Retry-After)."""
 
@@ -66,7 +76,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
-        return json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
+        response = json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
+        if isinstance(exc, RequestTimeout):
+            response.force_close()  # the rest of the body may still be trickling in
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -43,7 +43,8 @@ async def get_messages(request: web.Request) -> web.Response:
         other = await _known_user(request, request.query["usuario"], "usuario")
         chat, _ = await service.open_dm(request.app, caller, other)
     else:
-        identify(request)  # General needs no caller; this refuses a bare username in strict mode
+        # General needs no caller; this refuses a bare username in strict mode, and a bad token.
+        await identify(request)
         chat = await request.app[store_key].general_chat()
     messages = await api.history_page(request, chat)
     return json_response({"chat_id": chat.id, "messages": [legacy_fields(m) for m in messages]})

@@ -15,12 +15,13 @@ import contextlib
 import itertools
 import math
 import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as redis
 from aiohttp import web
 
-from .errors import TooManyRequests
+from .errors import ApiError, Conflict, TooManyRequests, Unauthorized
 from .keeper import Keeper
 from .redis_policy import FAILURES, RedisGuard, bounded
 from .settings import Settings
@@ -56,6 +57,12 @@ class LocalCounters:
         self._counts[key] = (end, count)
         return end - now if count > rate.limit else None
 
+    def refund(self, key: str, rate: Rate, now: float) -> None:
+        """Take back one count of the current window (a login that turned out right)."""
+        end, count = self._counts.get(key, (0.0, 0))
+        if end == _window_end(now, rate.window) and count > 0:
+            self._counts[key] = (end, count - 1)
+
 
 Hits = list[tuple[str, Rate]]
 
@@ -72,6 +79,13 @@ class RateLimiter:
     def _local_hits(self, hits: Hits, now: float) -> float | None:
         waits = [self.local.hit(key, rate, now) for key, rate in hits]
         return max((w for w in waits if w is not None), default=None)
+
+    async def refund(self, hits: Hits) -> None:
+        self._local_refund(hits, time.time())
+
+    def _local_refund(self, hits: Hits, now: float) -> None:
+        for key, rate in hits:
+            self.local.refund(key, rate, now)
 
 
 class RedisRateLimiter(RateLimiter):
@@ -90,7 +104,7 @@ class RedisRateLimiter(RateLimiter):
         try:
             async with bounded(), self.redis.pipeline(transaction=False) as pipe:
                 for (key, _), end in zip(hits, ends, strict=True):
-                    name = f"{self.namespace}:rate:{key}:{end:.3f}"
+                    name = self._name(key, end)
                     pipe.incr(name)
                     # Kept a little past the window's end, so a slow clock elsewhere finds it.
                     pipe.pexpire(name, math.ceil((end - now + 1) * 1000))
@@ -107,25 +121,46 @@ class RedisRateLimiter(RateLimiter):
         ]
         return max(waits, default=None)
 
+    async def refund(self, hits: Hits) -> None:
+        """Take back one count of each (in Redis, or here if that is where it was counted)."""
+        now = time.time()
+        if not self.guard.ready():
+            self._local_refund(hits, now)
+            return
+        try:
+            async with bounded(), self.redis.pipeline(transaction=False) as pipe:
+                for key, rate in hits:
+                    end = _window_end(now, rate.window)
+                    pipe.decr(self._name(key, end))
+                    pipe.pexpire(self._name(key, end), math.ceil((end - now + 1) * 1000))
+                await pipe.execute()
+        except FAILURES as exc:
+            self.guard.failed(exc)
+            self._local_refund(hits, now)
+
+    def _name(self, key: str, window_end: float) -> str:
+        return f"{self.namespace}:rate:{key}:{window_end:.3f}"
+
 
 class StreamSlots:
-    """Open streams per user: in this process, and in Redis for `RedisStreamSlots`."""
+    """Open streams per owner (a user id, or "addr:<address>" for anonymous streams): in this
+    process, and in Redis for `RedisStreamSlots`."""
 
     def __init__(self) -> None:
-        self._local: dict[int, set[str]] = {}  # user id -> this process's open streams
+        self._local: dict[str, set[str]] = {}  # owner -> this process's open streams
         self._names = itertools.count()
 
-    def hold(self, user_id: int, cap: int) -> contextlib.AbstractAsyncContextManager[None]:
-        """A slot for the body of the block (a stream's life); 429 when the user has `cap` open."""
+    def hold(self, user_id: str, cap: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """A slot for the body of the block (a stream's life); 429 when the owner has `cap` open."""
         return _UNCAPPED if cap <= 0 else _Slot(self, user_id, cap, str(next(self._names)))
 
-    async def _count_with(self, user_id: int, slot: str) -> int:
+    async def _count_with(self, user_id: str, slot: str) -> int:
         """Add the slot; the user's open streams, this one included."""
         slots = self._local.setdefault(user_id, set())
         slots.add(slot)
         return len(slots)
 
-    async def _drop(self, user_id: int, slot: str) -> None:
+    async def _drop(self, user_id: str, slot: str) -> None:
         slots = self._local.get(user_id)
         if slots is not None:
             slots.discard(slot)
@@ -144,7 +179,7 @@ class _Slot:
 
     __slots__ = ("cap", "name", "slots", "user_id")
 
-    def __init__(self, slots: StreamSlots, user_id: int, cap: int, name: str) -> None:
+    def __init__(self, slots: StreamSlots, user_id: str, cap: int, name: str) -> None:
         self.slots = slots
         self.user_id = user_id
         self.cap = cap
@@ -175,13 +210,13 @@ class RedisStreamSlots(StreamSlots):
         self.guard = RedisGuard("stream cap")
         self._keeper: Keeper | None = None
 
-    def _key(self, user_id: int) -> str:
+    def _key(self, user_id: str) -> str:
         return f"{self.namespace}:streams:{user_id}"
 
     def _member(self, slot: str) -> str:
         return f"{self.process_id}:{slot}"
 
-    async def _count_with(self, user_id: int, slot: str) -> int:
+    async def _count_with(self, user_id: str, slot: str) -> int:
         local = await super()._count_with(user_id, slot)
         if not self.guard.ready():
             return local
@@ -200,7 +235,7 @@ class RedisStreamSlots(StreamSlots):
         self.guard.succeeded()
         return int(count)
 
-    async def _drop(self, user_id: int, slot: str) -> None:
+    async def _drop(self, user_id: str, slot: str) -> None:
         await super()._drop(user_id, slot)
         if not self.guard.ready():
             return  # the entry expires in Redis by itself
@@ -237,8 +272,8 @@ class Limits:
         self.rates = rates
         self.streams = streams
 
-    # The address is checked first, before anything else is done: a flood of posts or logins
-    # under ever new usernames is refused before it creates users.
+    # The address is checked first, before anything else is done: a flood of posts under ever
+    # new usernames is refused before it creates users (and `signups` limits those anyway).
 
     async def address_posts(self, request: web.Request) -> None:
         await self._hit("messages", (f"post:addr:{_address(request)}", self.settings.post_limit_address))
@@ -249,21 +284,49 @@ class Limits:
     async def user_typing(self, user_id: int) -> None:
         await self._hit("typing notices", (f"typing:user:{user_id}", self.settings.typing_limit_user))
 
-    async def address_logins(self, request: web.Request) -> None:
-        await self._hit("logins", (f"login:addr:{_address(request)}", self.settings.login_limit_address))
+    @contextlib.asynccontextmanager
+    async def login_attempt(self, request: web.Request, user_id: int | None) -> AsyncIterator[None]:
+        """Count the login run in the block as failed, from this address (for this user, and in
+        all), unless it succeeds: 429 before it runs when the address failed too often. Only
+        failures count, and only the failing address's: others' wrong guesses never stop the
+        right password from elsewhere."""
+        address = _address(request)
+        limits = [(f"login:fail:addr:{address}", self.settings.login_limit_address)]
+        if user_id is not None:
+            limits.append((f"login:fail:user:{user_id}:{address}", self.settings.login_limit_user))
+        hits = self._hits(limits)
+        await self._hit("failed logins", *limits)
+        try:
+            yield
+        except (Unauthorized, Conflict):
+            raise  # a failure: it stays counted
+        except ApiError:
+            await self._refund(hits)  # a bad request or a database away: not a guess
+            raise
+        await self._refund(hits)
 
-    async def user_logins(self, user_id: int) -> None:
-        await self._hit("logins", (f"login:user:{user_id}", self.settings.login_limit_user))
+    async def _refund(self, hits: Hits) -> None:
+        if hits:
+            await self.rates.refund(hits)
 
-    def stream(self, user_id: int | None) -> contextlib.AbstractAsyncContextManager[None]:
-        """A slot for a stream of the user (anonymous streams of General are not capped)."""
+    async def signups(self, request: web.Request) -> None:
+        """Before a new user is made (at login, or by posting under a new name)."""
+        await self._hit("new users", (f"signup:addr:{_address(request)}", self.settings.signup_limit_address))
+
+    def stream(
+        self, request: web.Request, user_id: int | None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """A slot for a stream of the user, or of the client address for anonymous streams."""
         if user_id is None:
-            return _UNCAPPED
-        return self.streams.hold(user_id, self.settings.max_streams_per_user)
+            return self.streams.hold(f"addr:{_address(request)}", self.settings.max_streams_per_address)
+        return self.streams.hold(str(user_id), self.settings.max_streams_per_user)
+
+    def _hits(self, limits: Iterable[tuple[str, int]]) -> Hits:
+        window = self.settings.rate_window
+        return [(key, Rate(limit, window)) for key, limit in limits if limit > 0]
 
     async def _hit(self, what: str, *limits: tuple[str, int]) -> None:
-        window = self.settings.rate_window
-        hits = [(key, Rate(limit, window)) for key, limit in limits if limit > 0]
+        hits = self._hits(limits)
         if not hits:
             return
         wait = await self.rates.hit(hits)

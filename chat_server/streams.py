@@ -21,6 +21,7 @@ from .hub import Subscriber, hub_key
 from .limits import limits_key
 from .models import Message, User
 from .presence import presence_key
+from .sessions import request_session_key, sessions_key
 from .settings import settings_key
 from .sse import HEADERS, PREAMBLE, encode_event
 from .store import store_key
@@ -41,11 +42,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # Every chat of the viewer, routed by user in the hub: nothing here grows with their chats.
         viewer = await current_user(request)
         chat_ids, user_id = [], viewer.id
+    if request.method == "HEAD":
+        # The headers a GET would get, and no stream: nothing is subscribed, nothing held open.
+        return web.Response(headers=HEADERS)
 
     async with (
-        request.app[limits_key].stream(viewer.id if viewer else None),
+        request.app[limits_key].stream(request, viewer.id if viewer else None),
         request.app[presence_key].online_while(viewer),
         hub.subscribe(chat_ids, user_id) as sub,
+        request.app[sessions_key].streaming(request.get(request_session_key), sub),
     ):
         upto = sub.floor = hub.released_id
         first = [PREAMBLE]

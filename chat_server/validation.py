@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import re
 import unicodedata
@@ -12,7 +13,8 @@ from aiohttp import web
 
 from . import jsonutil
 from .edge import body_bytes
-from .errors import BadRequest
+from .errors import BadRequest, RequestTimeout
+from .settings import settings_key
 
 # The seed's column: usuarios.username VARCHAR(100).
 MAX_USERNAME_CHARS = 100
@@ -30,7 +32,16 @@ MAX_FORM_FIELDS = 100
 
 async def read_body(request: web.Request) -> dict[str, Any]:
     """A JSON object or a form-encoded body as a dict; an empty body is {}. A body that cannot
-    be decoded (an unknown charset, bytes that are not in it, a broken multipart) is a 400."""
+    be decoded (an unknown charset, bytes that are not in it, a broken multipart) is a 400. It
+    must arrive within CHAT_BODY_TIMEOUT: a sender that trickles it would hold a connection."""
+    try:
+        async with asyncio.timeout(request.app[settings_key].body_timeout):
+            return await _read_body(request)
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
     if request.content_type == URLENCODED:
         return _urlencoded(await body_bytes(request), request.charset or "utf-8")
     if request.content_type == MULTIPART:

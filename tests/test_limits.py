@@ -110,7 +110,7 @@ async def test_legacy_posts_are_limited_too(make_client: MakeClient) -> None:
     await until_accepted(send)
 
 
-async def test_login_is_limited_per_user_and_per_address(make_client: MakeClient) -> None:
+async def test_failed_logins_are_limited_per_user_and_per_address(make_client: MakeClient) -> None:
     client = await make_client(
         login_limit_user=2, login_limit_address=0, admin_password="secreto", rate_window=WINDOW
     )
@@ -121,15 +121,41 @@ async def test_login_is_limited_per_user_and_per_address(make_client: MakeClient
     # Wrong guesses are let through (401) up to the limit, then refused before being checked.
     assert 2 <= await until_refused(guess, 2, passes=(401,)) <= 4
     assert (await client.login("ana", status=201))["token"]
+    await until_accepted(guess)
 
-    by_address = await make_client(login_limit_user=0, login_limit_address=3, rate_window=WINDOW)
+    by_address = await make_client(
+        login_limit_user=0, login_limit_address=3, admin_password="secreto", rate_window=WINDOW
+    )
+    # Successes do not count: logging in again and again is not a failure.
+    for _ in range(6):
+        await by_address.login("ana")
+    names = iter(["admin", "ADMIN", "Admin"] * 10)
+
+    async def guess_any() -> int:
+        body = {"username": next(names), "password": "x"}
+        return (await status_of(by_address, "POST", "/api/login", json=body))[0]
+
+    assert 3 <= await until_refused(guess_any, 3, passes=(401,)) <= 6
+    await until_accepted(guess_any)
+
+
+async def test_new_users_are_limited_per_address_at_login_and_when_posting(make_client: MakeClient) -> None:
+    # A window longer than the test: every count below falls in one window.
+    client = await make_client(signup_limit_address=3, post_limit_address=0, rate_window=3600.0)
     names = iter(f"user{n}" for n in range(100))
 
-    async def login_someone() -> int:
-        return (await status_of(by_address, "POST", "/api/login", json={"username": next(names)}))[0]
+    async def login_someone_new() -> int:
+        return (await status_of(client, "POST", "/api/login", json={"username": next(names)}))[0]
 
-    assert 3 <= await until_refused(login_someone, 3) <= 6
-    await until_accepted(login_someone)
+    assert await until_refused(login_someone_new, 3) == 3
+    await client.login("user0", status=200)  # not new: not counted, not refused
+    assert await post(client, "user1") == 201
+    assert await post(client, next(names)) == 429  # posting under a new name makes a user too
+    assert await client.store.get_user(username="user3") is None  # refused at login
+    assert await client.store.get_user(username="user4") is None  # refused when posting
+    unlimited = await make_client(signup_limit_address=0)
+    for n in range(8):
+        await unlimited.login(f"free{n}", status=201)
 
 
 async def test_open_streams_are_capped_per_user_and_free_again_when_one_closes(
@@ -215,3 +241,35 @@ async def test_without_redis_the_limits_count_in_the_process(
     stream = await client.open_stream({"username": "ana"})
     assert (await status_of(client, "GET", "/api/stream", params={"username": "ana"}))[0] == 429
     stream.close()
+
+
+# -- slow bodies -----------------------------------------------------------------------------
+
+
+async def test_a_body_sent_a_byte_at_a_time_is_cut_off(make_client: MakeClient) -> None:
+    client = await make_client(body_timeout=0.5)
+    server = client.http.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /api/messages HTTP/1.1\r\nHost: chat\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+
+    async def trickle() -> None:
+        for byte in b'{"contenido": "' + b"x" * 900:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.2)  # the slow sender under test, not a wait for the server
+
+    sender = asyncio.create_task(trickle())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)  # an answer, not a hang
+        length = int(next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Length:"))[15:])
+        body = await asyncio.wait_for(reader.readexactly(length), WAIT)
+    finally:
+        sender.cancel()
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"Connection: close" in head  # aiohttp reads and drops what still comes, then closes
+    assert b'"error"' in body
+    assert await client.store.get_user(username="x") is None

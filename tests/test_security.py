@@ -233,8 +233,10 @@ async def test_strict_mode_refuses_bare_usernames_everywhere_and_takes_token_or_
     stream_call = Call("token stream", "GET", "/api/stream", 200, params={"token": token}, stream=True)
     assert await _status(strict, stream_call) == 200
 
-    # And so does the cookie, for a browser that logged in.
-    await strict.login("ana", status=200)
+    # And so does the cookie, for a browser that logged in (again: with its session, the name is
+    # its own; the same session goes on).
+    auth = {"Authorization": f"Bearer {token}"}
+    await strict.call("POST", "/api/login", json={"username": "ana"}, headers=auth, status=200)
     assert cookie_of(strict) == token
     for call in calls:
         assert await _status(strict, call) == call.ok, call.name
@@ -335,6 +337,11 @@ def test_settings_from_the_environment(caplog: pytest.LogCaptureFixture) -> None
         "CHAT_LOGIN_LIMIT_USER": "3",
         "CHAT_LOGIN_LIMIT_ADDRESS": "9",
         "CHAT_MAX_STREAMS_PER_USER": "4",
+        "CHAT_MAX_STREAMS_PER_ADDRESS": "5",
+        "CHAT_SIGNUP_LIMIT_ADDRESS": "6",
+        "CHAT_SESSION_DAYS": "0.5",
+        "CHAT_BODY_TIMEOUT": "2.5",
+        "CHAT_IDENTITY_SECRET": "host-site-secret",
     }
     settings = Settings.from_env(env)
     assert (settings.auth_mode, settings.admin_password, settings.rate_window) == (
@@ -348,11 +355,24 @@ def test_settings_from_the_environment(caplog: pytest.LogCaptureFixture) -> None
         9,
         4,
     )
+    assert (settings.max_streams_per_address, settings.signup_limit_address) == (5, 6)
+    assert (settings.session_days, settings.body_timeout) == (0.5, 2.5)
+    assert settings.identity_secret == "host-site-secret"
+    assert "host-site-secret" not in repr(settings)
     assert ADMIN_PASSWORD not in repr(settings)
     assert "s3cret" not in repr(settings)
     assert not caplog.records
     assert Settings.from_env({}).auth_mode == "username"
     assert "CHAT_SECRET is not set" in caplog.text
-    for bad in ({"CHAT_AUTH": "open"}, {"CHAT_RATE_WINDOW": "0"}, {"CHAT_POST_LIMIT_USER": "many"}):
+    defaults = Settings.from_env({"CHAT_SECRET": "x"})
+    assert (defaults.session_days, defaults.body_timeout, defaults.signup_limit_address) == (30, 10, 60)
+    assert (defaults.max_streams_per_address, defaults.identity_secret) == (64, None)
+    for bad in (
+        {"CHAT_AUTH": "open"},
+        {"CHAT_RATE_WINDOW": "0"},
+        {"CHAT_POST_LIMIT_USER": "many"},
+        {"CHAT_SESSION_DAYS": "0"},
+        {"CHAT_BODY_TIMEOUT": "-1"},
+    ):
         with pytest.raises(SystemExit):
             Settings.from_env({"CHAT_SECRET": "x", **bad})

@@ -216,7 +216,8 @@ async def test_a_thousand_open_close_cycles_leave_nothing_behind(client: ChatCli
     assert client.hub.subscriber_count == 0
 
 
-async def test_shutdown_with_a_thousand_streams_open_ends_them_all(client: ChatClient) -> None:
+async def test_shutdown_with_a_thousand_streams_open_ends_them_all(make_client: MakeClient) -> None:
+    client = await make_client(max_streams_per_address=0)  # a thousand anonymous streams, one address
     general = client.store.general_id
     url = client.http.make_url(f"/api/stream?chat_id={general}")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:

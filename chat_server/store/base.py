@@ -22,6 +22,7 @@ from ..names import ADMIN_KEY, MAX_KEY_CHARS, name_key, name_skeleton
 from .batching import InsertBatcher
 from .dialect import RETURNING_ID
 from .schema_files import Added, added_object
+from .sessions import SessionRows
 
 log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
@@ -107,6 +108,7 @@ class Store(abc.ABC):
         self._users_by_id: BoundedCache[int, User] = BoundedCache()
         self._users_by_name: BoundedCache[str, User] = BoundedCache()
         self._chats: BoundedCache[int, Chat] = BoundedCache()
+        self.sessions = SessionRows(self.connection)
         self.returning = False
         # A batch refused for its values, or rolled back whole as a deadlock victim, stored
         # nothing: its rows are tried again one by one.
@@ -865,6 +867,12 @@ class BoundedCache(Generic[K, V]):
         self._data[key] = value
         if len(self._data) > self.size:
             del self._data[next(iter(self._data))]
+
+    def discard(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()
 
 
 store_key = web.AppKey("store", Store)

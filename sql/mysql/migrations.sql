@@ -55,3 +55,28 @@ CREATE TABLE IF NOT EXISTS chat_inbox (
 -- Message search (GET /api/search): InnoDB's full-text index with its default parser (words
 -- between spaces and punctuation; docs/design.md says why not ngram).
 ALTER TABLE mensajes_v2 ADD FULLTEXT INDEX ft_contenido (contenido);
+
+-- Login sessions: a token names one (chat_server/sessions.py). `id` is an HMAC of the token, never
+-- the token; times are Unix seconds. Ended and expired rows stay (at most 50 per user): a user with
+-- any row has claimed their name. Lookups are by id; a user's rows, newest first (seq), by
+-- idx_sessions_user.
+CREATE TABLE IF NOT EXISTS sessions (
+    seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+    id CHAR(64) NOT NULL,
+    user_id INT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    ended_at BIGINT NULL,
+    UNIQUE KEY uniq_session_id (id),
+    INDEX idx_sessions_user (user_id, seq)
+) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- One-time login links the admin makes for a user (POST /api/users/{id}/login-link): `id` is an
+-- HMAC of the link's code; `used_at` is set by the one login that uses it.
+CREATE TABLE IF NOT EXISTS login_links (
+    id CHAR(64) NOT NULL PRIMARY KEY,
+    user_id INT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT NULL,
+    INDEX idx_login_links_expiry (expires_at)
+) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -91,3 +91,21 @@ CREATE VIRTUAL TABLE IF NOT EXISTS mensajes_fts USING fts5(
 CREATE TRIGGER IF NOT EXISTS mensajes_fts_insert AFTER INSERT ON mensajes_v2 BEGIN INSERT INTO mensajes_fts (rowid, contenido) VALUES (new.id, new.contenido); END;
 CREATE TRIGGER IF NOT EXISTS mensajes_fts_delete AFTER DELETE ON mensajes_v2 BEGIN INSERT INTO mensajes_fts (mensajes_fts, rowid, contenido) VALUES ('delete', old.id, old.contenido); END;
 CREATE TRIGGER IF NOT EXISTS mensajes_fts_update AFTER UPDATE OF contenido ON mensajes_v2 BEGIN INSERT INTO mensajes_fts (mensajes_fts, rowid, contenido) VALUES ('delete', old.id, old.contenido); INSERT INTO mensajes_fts (rowid, contenido) VALUES (new.id, new.contenido); END;
+
+CREATE TABLE IF NOT EXISTS sessions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    ended_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS idx_sessions_user ON sessions (user_id, seq);
+
+CREATE TABLE IF NOT EXISTS login_links (
+    id TEXT NOT NULL PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS idx_login_links_expiry ON login_links (expires_at);

@@ -57,6 +57,10 @@ async def login(request: web.Request) -> web.Response:
         existing = await request.app[store_key].get_user(username=username)
         async with request.app[limits_key].login_attempt(request, existing.id if existing else None):
             user, created = await _admit(request, body, username, existing, held)
+    if not created:
+        # Made without a login (the server's admin account, seeded or migrated users): their
+        # General starts read at their first login, not at 99+ of history.
+        await request.app[store_key].start_reading_general(user)
     if held is not None and held[1].user_id == user.id:
         token = held[0]  # this client's own session of the user, renewed by finding it
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,15 @@ from chat_server.settings import Settings
 from .chat_client import ChatClient
 
 MakeClient = Callable[..., Awaitable[ChatClient]]
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """The embedded store only: what is under test here (addresses, schemes, headers) never
+    reaches the store, so the MariaDB half would repeat the same thing."""
+    return f"sqlite:///{tmp_path}/chat.sqlite3"
+
+
 LOOPBACK = parse_networks("127.0.0.1/32, ::1")
 PROXIES = TrustedProxies(parse_networks("10.0.0.0/8, 2001:db8:ffff::/48"))
 

@@ -13,6 +13,8 @@ const SESSION_KEY = "chat.sesion";
 // see it), and asking the server without one is a 401 that browsers log as an error: a page
 // load without a session asks nothing.
 const COOKIE_HINT_KEY = "chat.cookie";
+// A one-time login link from the admin: /?login_code=... (CHAT_AUTH=strict, a new device).
+const LINK_PARAM = "login_code";
 
 const el = {
   ingreso: $("ingreso"),
@@ -30,6 +32,7 @@ const el = {
 let user = null;
 let generation = 0;
 let relogging = false;
+let loginMessage = ""; // what the login form says when it shows (a link that did not work)
 
 /** The logged-in user ({id, username, ...}), or null. */
 export function me() {
@@ -61,8 +64,35 @@ function readSession() {
   }
 }
 
-/** On page load: the session of this tab, else a login cookie from an earlier visit. */
+/** After a login answer: keep no token in the page when the HttpOnly cookie identifies us. */
+async function adoptLogin(answer) {
+  adoptSession(answer);
+  if (answer.token && (await cookieIdentifies())) {
+    adoptSession({ user: answer.user, token: null });
+  }
+}
+
+/** A login link in the address: used once (then dropped from the address); null without one. */
+async function loginWithLink() {
+  const url = new URL(location.href);
+  const code = url.searchParams.get(LINK_PARAM);
+  if (!code) return null;
+  url.searchParams.delete(LINK_PARAM);
+  history.replaceState(null, "", url);
+  try {
+    setToken(null);
+    await adoptLogin(await api("POST", "/api/login", { login_code: code }));
+    return true;
+  } catch (_) {
+    loginMessage = "Este enlace de acceso ya se usó o caducó; pide otro al administrador.";
+    return false;
+  }
+}
+
+/** On page load: a login link, else the session of this tab, else a login cookie from an earlier visit. */
 export async function restore() {
+  const linked = await loginWithLink();
+  if (linked !== null) return linked;
   const saved = readSession();
   if (saved) {
     user = saved.user;
@@ -127,7 +157,8 @@ export async function handleAuth(err) {
 export function showLogin(message) {
   el.app.hidden = true;
   el.ingreso.hidden = false;
-  el.errorIngreso.textContent = message || "";
+  el.errorIngreso.textContent = message || loginMessage;
+  loginMessage = "";
   el.nombre.focus();
 }
 
@@ -149,16 +180,12 @@ el.formIngreso.addEventListener("submit", async (ev) => {
   el.errorIngreso.textContent = "";
   try {
     setToken(null);
-    const answer = await api("POST", "/api/login", body);
-    adoptSession(answer);
-    if (answer.token && (await cookieIdentifies())) {
-      // the HttpOnly cookie is enough: keep no token where scripts see it
-      adoptSession({ user: answer.user, token: null });
-    }
+    await adoptLogin(await api("POST", "/api/login", body));
     el.clave.value = "";
     emit("login");
   } catch (err) {
     el.errorIngreso.textContent = loginError(err);
+    if (err instanceof ApiError && err.status === 409) offerAnother(username);
     if (err instanceof ApiError && err.status === 401) {
       el.campoClave.hidden = false;
       el.clave.focus();
@@ -167,6 +194,16 @@ el.formIngreso.addEventListener("submit", async (ev) => {
     el.entrar.disabled = false;
   }
 });
+
+/** CHAT_AUTH=strict: the name belongs to another client; suggest one close to it. */
+function offerAnother(taken) {
+  const other = taken.slice(0, 96) + "-" + String(10 + Math.floor(Math.random() * 90));
+  el.errorIngreso.textContent =
+    "«" + taken + "» ya tiene dueño en este servidor. Prueba con «" + other + "» " +
+    "o pide al administrador un enlace de acceso.";
+  el.nombre.value = other;
+  el.nombre.select();
+}
 
 function loginError(err) {
   if (!(err instanceof ApiError)) return "No se pudo conectar con el servidor.";
@@ -186,7 +223,7 @@ export async function logout(local, message) {
     try {
       await api("POST", "/api/logout");
     } catch (_) {
-      // stateless on the server: forgetting the session here is what counts
+      // the server ends the session when it can; forgetting it here is what counts
     }
   }
   sessionStorage.removeItem(SESSION_KEY);

@@ -20,6 +20,7 @@ from . import service
 from .errors import Forbidden, NotFound, Unauthorized
 from .limits import limits_key
 from .models import User
+from .names import refuse_new_name
 from .sessions import Session, request_session_key, sessions_key
 from .settings import settings_key
 from .store import store_key
@@ -184,5 +185,6 @@ async def user_by_name(request: web.Request, username: str) -> tuple[User, bool]
     existing = await request.app[store_key].get_user(username=username)
     if existing is not None:
         return existing, False
+    refuse_new_name(username)  # a name that may not be anyone's is no sign-up to count
     await request.app[limits_key].signups(request)
     return await service.ensure_user(request.app, username)

@@ -37,6 +37,7 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .jsonutil import json_response
 from .limits import limits_key
 from .models import User, lima_iso
+from .names import name_key
 from .sessions import Session, request_session_key, sessions_key
 from .settings import settings_key
 from .store import store_key
@@ -119,7 +120,7 @@ async def _by_link(request: web.Request, code: Any, named: Any) -> User:
         user = None if user_id is None else await request.app[store_key].get_user(user_id=user_id)
         if user is None:
             raise Unauthorized("this login link is not valid: it was used, has expired or never existed")
-    if named is not None and clean_username(named).casefold() != user.username.casefold():
+    if named is not None and name_key(clean_username(named)) != name_key(user.username):
         raise BadRequest("this login link is for another user", field="username")
     return user
 

@@ -127,9 +127,9 @@ async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_prese
             proxy.stall()
             # A silent Redis holds up neither (they fail open): well within redis-py's own
             # socket timeout (5 s), which is what an unbounded call waits.
-            async with asyncio.timeout(REDIS_BOUND), slots.hold(ana.id, cap=1), presence.online_while(ana):
+            async with asyncio.timeout(REDIS_BOUND), slots.hold(str(ana.id), cap=1), presence.online_while(ana):
                 assert await presence.online([ana.id]) == {ana.id}
-            for setup in (slots.hold(ana.id, cap=1), presence.online_while(ana)):
+            for setup in (slots.hold(str(ana.id), cap=1), presence.online_while(ana)):
                 held = proxy.held
                 entering = asyncio.create_task(setup.__aenter__())
                 await eventually(lambda: proxy.held > held, "the setup waits on redis")  # noqa: B023
@@ -137,7 +137,7 @@ async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_prese
                 with contextlib.suppress(asyncio.CancelledError):
                     await entering
             # Still silent: this process's own counts decide, and they hold nothing.
-            async with slots.hold(ana.id, cap=1):
+            async with slots.hold(str(ana.id), cap=1):
                 pass
             assert await presence.online([ana.id]) == set()
             assert announced[-1] == (ana.id, False)

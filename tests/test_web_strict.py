@@ -121,19 +121,17 @@ async def test_strict_mode_in_the_browser(
         "data-state", "connected", timeout=WAIT_MS
     )
 
-    # A host site vouches for ana (its page posts the HMAC its server made): she is in.
+    # A host site vouches for ana: its server made the HMAC, its page links to the chat with it.
     host = await browsing.person("ana")
-    await host.page.goto(f"{server.url}/")
     user_hash = hmac.new(IDENTITY_SECRET.encode(), b"ana", hashlib.sha256).hexdigest()
-    status = await host.page.evaluate(
-        """async (hash) => (await fetch("/api/login", {method: "POST",
-             headers: {"Content-Type": "application/json"},
-             body: JSON.stringify({username: "ana", user_hash: hash})})).status""",
-        user_hash,
-    )
-    assert status == 200
-    await host.page.reload()
+    await host.page.goto(f"{server.url}/?username=ana&user_hash={user_hash}")
     await expect(host.page.locator("#yo")).to_have_text("ana", timeout=WAIT_MS)
+    assert "user_hash" not in host.page.url
+    forged = await browsing.person("ana")
+    await forged.page.goto(f"{server.url}/?username=ana&user_hash={'0' * 64}")
+    await expect(forged.page.locator("#error-ingreso")).to_contain_text(
+        "No se pudo comprobar", timeout=WAIT_MS
+    )
 
     # A session not used for longer than CHAT_SESSION_DAYS is refused: the page asks to log in.
     sessions = server.runner.app[sessions_key] if server.runner and server.runner.app else None

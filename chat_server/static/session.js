@@ -13,8 +13,9 @@ const SESSION_KEY = "chat.sesion";
 // see it), and asking the server without one is a 401 that browsers log as an error: a page
 // load without a session asks nothing.
 const COOKIE_HINT_KEY = "chat.cookie";
-// A one-time login link from the admin: /?login_code=... (CHAT_AUTH=strict, a new device).
-const LINK_PARAM = "login_code";
+// Logins that come in the address, used once and then dropped from it: a one-time link from
+// the admin (/?login_code=...), or a host site vouching for its user (/?username=...&user_hash=...).
+const LINK_PARAMS = ["login_code", "username", "user_hash"];
 
 const el = {
   ingreso: $("ingreso"),
@@ -72,19 +73,24 @@ async function adoptLogin(answer) {
   }
 }
 
-/** A login link in the address: used once (then dropped from the address); null without one. */
+/** A login in the address (see LINK_PARAMS): used, then dropped from the address; null without one. */
 async function loginWithLink() {
   const url = new URL(location.href);
-  const code = url.searchParams.get(LINK_PARAM);
-  if (!code) return null;
-  url.searchParams.delete(LINK_PARAM);
+  const given = Object.fromEntries(LINK_PARAMS.map((name) => [name, url.searchParams.get(name)]));
+  let body = null;
+  if (given.login_code) body = { login_code: given.login_code };
+  else if (given.username && given.user_hash) body = { username: given.username, user_hash: given.user_hash };
+  if (!body) return null;
+  LINK_PARAMS.forEach((name) => url.searchParams.delete(name));
   history.replaceState(null, "", url);
   try {
     setToken(null);
-    await adoptLogin(await api("POST", "/api/login", { login_code: code }));
+    await adoptLogin(await api("POST", "/api/login", body));
     return true;
   } catch (_) {
-    loginMessage = "Este enlace de acceso ya se usó o caducó; pide otro al administrador.";
+    loginMessage = body.login_code
+      ? "Este enlace de acceso ya se usó o caducó; pide otro al administrador."
+      : "No se pudo comprobar quién eres; vuelve a entrar desde el sitio.";
     return false;
   }
 }

@@ -127,7 +127,11 @@ async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_prese
             proxy.stall()
             # A silent Redis holds up neither (they fail open): well within redis-py's own
             # socket timeout (5 s), which is what an unbounded call waits.
-            async with asyncio.timeout(REDIS_BOUND), slots.hold(str(ana.id), cap=1), presence.online_while(ana):
+            async with (
+                asyncio.timeout(REDIS_BOUND),
+                slots.hold(str(ana.id), cap=1),
+                presence.online_while(ana),
+            ):
                 assert await presence.online([ana.id]) == {ana.id}
             for setup in (slots.hold(str(ana.id), cap=1), presence.online_while(ana)):
                 held = proxy.held

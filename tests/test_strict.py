@@ -151,6 +151,7 @@ async def test_dms_of_others_stay_unreadable_through_every_route(make_client: Ma
         ("GET", "/api/stream", {"params": {"chat_id": dm, "last_event_id": 0}}),
         ("POST", f"/api/chats/{dm}/read", {"json": {"last_read_id": 0}}),
         ("POST", "/api/messages", {"json": {"chat_id": dm, "contenido": "x"}}),
+        ("GET", "/api/search", {"params": {"q": "solo admin", "chat_id": dm}}),
     ]
     for method, path, kwargs in refused:
         # As beto (a participant of other chats), anonymously, and by ana's bare name.
@@ -166,6 +167,11 @@ async def test_dms_of_others_stay_unreadable_through_every_route(make_client: Ma
     general = await strict.call("GET", "/api/messages", status=200)
     assert all(m["contenido"] != "solo para admin" for m in general["messages"])
     await strict.call("GET", "/api/messages", params={"usuario": "admin", "username": "ana"}, status=401)
+    # Searching everything finds it for its participants only.
+    for auth, found in ((beto_auth, []), (admin, ["solo para admin"])):
+        hits = await strict.call("GET", "/api/search", params={"q": "solo admin"}, headers=auth, status=200)
+        assert [m["contenido"] for m in hits["messages"]] == found
+    await strict.call("GET", "/api/search", params={"q": "solo admin", "username": "ana"}, status=401)
     # beto's chat list does not have it; his stream and General's did not get it.
     beto_chats = (await strict.call("GET", "/api/chats", headers=beto_auth, status=200))["chats"]
     assert dm not in {c["id"] for c in beto_chats}

@@ -5,11 +5,15 @@ must give the same answer for each: the same user as a name made before, a new u
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
 from chat_server.names import name_key, skeleton
+from chat_server.store.sqlite import SqliteStore
 
 from .chat_client import ChatClient
 from .conftest import every_dialect
@@ -151,3 +155,30 @@ def test_a_long_key_is_a_digest_that_fits_the_column() -> None:
     assert key.startswith("#")
     assert len(key) == 65
     assert name_key("\ufdfa" * 100) != name_key("\ufdfa" * 99)
+
+
+async def test_an_sqlite_file_of_the_previous_version_opens_and_keeps_its_users(tmp_path: Path) -> None:
+    """Its unique index on unikey(username), a function this version no longer registers, is
+    dropped before anything writes to usuarios; its users are keyed and log in as before."""
+    path = tmp_path / "old.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        db.create_function("unikey", 1, lambda name: name.casefold(), deterministic=True)
+        db.execute(
+            "CREATE TABLE usuarios (id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL, "
+            "role TEXT NOT NULL DEFAULT 'user', estado TEXT DEFAULT 'N/D', "
+            "creado_en TEXT DEFAULT CURRENT_TIMESTAMP)"
+        )
+        db.execute("CREATE UNIQUE INDEX uniq_username ON usuarios (unikey(username))")
+        db.execute("INSERT INTO usuarios (username, role) VALUES ('admin', 'admin'), ('Ana', 'user')")
+        db.commit()
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.start()
+    try:
+        ana = await store.get_user(username="ANA")
+        assert ana is not None
+        assert (ana.id, ana.username) == (2, "Ana")
+        beto, created = await store.ensure_user("beto")
+        assert created
+        assert beto.id == 3
+    finally:
+        await store.close()

@@ -196,6 +196,11 @@ TARGETS = [
     ("POST", b"/api/send", b'{"mensaje": "hola"}'),
     ("POST", b"/api/chats/dm", b'{"with_username": "admin"}'),
     ("POST", b"/api/chats/1/read", b'{"last_read_id": 0}'),
+    ("POST", b"/api/chats/1/typing", b""),
+    ("GET", b"/api/search?q=hola", b""),
+    ("GET", b"/api/chats?limit=5", b""),
+    ("POST", b"/api/users/2/login-link", b""),
+    ("DELETE", b"/api/users/2/sessions", b""),
 ]
 
 

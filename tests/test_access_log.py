@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
@@ -117,6 +118,15 @@ async def test_logs_hold_no_token_cookie_or_password(server: Server) -> None:
             assert resp.status == 200
             assert await resp.content.readuntil(b"\n\n") == b"retry: 3000\n\n"
         await call("GET", "/healthz", 200, headers={"X-Forwarded-For": "198.51.100.23"})
+        # A login link's code, used and then refused; a session ended, its token then refused.
+        ana_id = cast(dict[str, int], ana["user"])["id"]
+        admin_auth = {"Authorization": f"Bearer {tokens[0]}"}
+        link = await call("POST", f"/api/users/{ana_id}/login-link", 201, headers=admin_auth)
+        secrets_seen += [str(link["code"]), str(link["url"])]
+        await call("POST", "/api/login", 200, json={"login_code": link["code"]})
+        await call("POST", "/api/login", 401, json={"login_code": link["code"]})
+        await call("POST", "/api/logout", 200, headers={"Authorization": f"Bearer {tokens[1]}"})
+        await call("GET", "/api/me", 401, params={"token": tokens[1]})
         await call("POST", "/api/logout", 200)
 
     logged = server.stop()

@@ -37,6 +37,8 @@ TOKEN_PREFIX = "s1."
 MAX_TOKEN_CHARS = 100
 RENEW_EVERY = 24 * 3600
 CACHE_SECONDS = 30.0
+# Sessions cached per process: room for every client of a busy process (an entry is small).
+CACHE_SIZE = 50_000
 # One-time login links the admin makes are valid this long.
 LINK_SECONDS = 15 * 60
 
@@ -55,7 +57,9 @@ class Sessions:
         self.store = store
         self.broker = broker
         self.clock = time.time  # the wall clock, as the expiries stored are; tests move it
-        self._cache: BoundedCache[str, tuple[Session, float]] = BoundedCache()
+        self._cache: BoundedCache[str, tuple[Session, float]] = BoundedCache(CACHE_SIZE)
+        # Sessions announced as ended lately: a stream still setting up for one is closed.
+        self._ended: BoundedCache[str, bool] = BoundedCache()
         self._streams: dict[str, set[Subscriber]] = {}
         broker.session_listeners.append(self.forget)
 
@@ -128,6 +132,7 @@ class Sessions:
             return  # the resync that says so ends every stream anyway
         for key in keys:
             self._cache.discard(key)
+            self._ended.put(key, True)
             for sub in self._streams.pop(key, ()):
                 sub.close()
 
@@ -139,7 +144,7 @@ class Sessions:
 
     def _track(self, key: str, sub: Subscriber) -> None:
         self._streams.setdefault(key, set()).add(sub)
-        if self._cache.get(key) is None:
+        if self._ended.get(key):
             sub.close()  # it ended while the stream was being set up
 
     def _untrack(self, key: str, sub: Subscriber) -> None:

@@ -200,3 +200,17 @@ async def test_head_on_the_stream_routes_has_no_body_and_opens_no_stream(client:
     async with client.http.head("/api/stream") as resp:
         assert resp.status == 401  # the same refusal as a GET
     assert client.hub.subscriber_count == 0
+
+
+async def test_a_stream_set_up_for_a_session_that_just_ended_is_closed(client: ChatClient) -> None:
+    """The ending may arrive between the stream's identity check and its registration."""
+    sessions = client.app[sessions_key]
+    general = client.store.general_id
+    live, ending = [await sessions.find((await client.login(n))["token"]) for n in ("ana", "beto")]
+    assert live is not None
+    assert ending is not None
+    await sessions.end(ending)
+    async with client.hub.subscribe([general]) as sub, sessions.streaming(ending, sub):
+        assert sub.closed
+    async with client.hub.subscribe([general]) as sub, sessions.streaming(live, sub):
+        assert not sub.closed

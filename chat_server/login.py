@@ -37,7 +37,6 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .jsonutil import json_response
 from .limits import limits_key
 from .models import User, lima_iso
-from .names import name_key
 from .sessions import Session, request_session_key, sessions_key
 from .settings import settings_key
 from .store import store_key
@@ -112,16 +111,24 @@ def _check_user_hash(secret: str | None, username: str, given: Any) -> None:
 
 
 async def _by_link(request: web.Request, code: Any, named: Any) -> User:
-    """The user of a one-time login code (used up by this call); 401 when it is not valid."""
+    """The user of a one-time login code (used up by this call; with a `username`, only if the
+    code is for that user); 401 when it is not valid."""
     if not isinstance(code, str):
         raise BadRequest("login_code must be a string", field="login_code")
+    store = request.app[store_key]
     async with request.app[limits_key].login_attempt(request, None):
-        user_id = await request.app[sessions_key].use_link(code.strip())
-        user = None if user_id is None else await request.app[store_key].get_user(user_id=user_id)
+        for_user = None if named is None else await store.get_user(username=clean_username(named))
+        if named is not None and for_user is None:
+            user_id = None  # a name that is no one's: no link is for it
+        else:
+            user_id = await request.app[sessions_key].use_link(
+                code.strip(), for_user.id if for_user else None
+            )
+        user = None if user_id is None else await store.get_user(user_id=user_id)
         if user is None:
-            raise Unauthorized("this login link is not valid: it was used, has expired or never existed")
-    if named is not None and name_key(clean_username(named)) != name_key(user.username):
-        raise BadRequest("this login link is for another user", field="username")
+            raise Unauthorized(
+                "this login link is not valid: it was used, has expired, is for someone else or never existed"
+            )
     return user
 
 

@@ -165,10 +165,11 @@ class Sessions:
         await self.store.sessions.add_link(key, user.id, expires_at)
         return code, expires_at
 
-    async def use_link(self, code: str) -> int | None:
-        """The user id the code is for, the first time it is used within its validity."""
+    async def use_link(self, code: str, user_id: int | None = None) -> int | None:
+        """The user id the code is for (if given, only when it is for `user_id`), the first time
+        it is used within its validity."""
         key = self.key_of(code)
-        return None if key is None else await self.store.sessions.use_link(key, self.now())
+        return None if key is None else await self.store.sessions.use_link(key, self.now(), user_id)
 
 
 class _Tracked:

@@ -95,9 +95,12 @@ async def test_a_login_link_works_once_for_fifteen_minutes(make_client: MakeClie
     await strict.call("POST", "/api/login", json={"login_code": 12}, status=400)
     # A link names its user: another name with it is refused, and the link is not spent by that.
     second = await strict.call("POST", path, headers=admin, status=201)
-    await strict.call(
-        "POST", "/api/login", json={"login_code": second["code"], "username": "beto"}, status=400
-    )
+    await strict.login("beto", status=201)
+    for name in ("beto", "nadie"):
+        body = {"login_code": second["code"], "username": name}
+        await strict.call("POST", "/api/login", json=body, status=401)
+    body = {"login_code": second["code"], "username": "ANA"}
+    assert (await strict.call("POST", "/api/login", json=body, status=200))["user"]["id"] == ana_id
     # Expired after fifteen minutes.
     third = await strict.call("POST", path, headers=admin, status=201)
     strict.app[sessions_key].clock = lambda: time.time() + LINK_SECONDS + 1

@@ -93,13 +93,15 @@ class SessionRows:
                 (key, user_id, expires_at),
             )
 
-    async def use_link(self, key: str, now: int) -> int | None:
-        """The user a valid link is for, once: a second use (even concurrent) finds it used."""
+    async def use_link(self, key: str, now: int, user_id: int | None = None) -> int | None:
+        """The user a valid link is for (if given, only when it is for `user_id`), once: a second
+        use, even a concurrent one, finds it used."""
+        where, args = "id = %s AND used_at IS NULL AND expires_at > %s", [key, now]
+        if user_id is not None:
+            where += " AND user_id = %s"
+            args.append(user_id)
         async with self._connection() as db:
-            taken, _ = await db.execute(
-                "UPDATE login_links SET used_at = %s WHERE id = %s AND used_at IS NULL AND expires_at > %s",
-                (now, key, now),
-            )
+            taken, _ = await db.execute(f"UPDATE login_links SET used_at = %s WHERE {where}", [now, *args])
             if not taken:
                 return None
             row = await db.fetchone("SELECT user_id FROM login_links WHERE id = %s", (key,))

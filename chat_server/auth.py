@@ -17,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from . import service
+from .edge import cookie_values
 from .errors import Forbidden, NotFound, Unauthorized
 from .limits import limits_key
 from .models import User
@@ -71,8 +72,7 @@ async def identify(request: web.Request, body: dict[str, Any] | None = None) -> 
     if bare is not None and settings.auth_mode == "username":
         return Identity(username=clean_username(bare))
     # A cookie of a session that ended or expired (or of another secret) identifies no one.
-    cookie = request.cookies.get(COOKIE_NAME)
-    session = None if not cookie else await sessions.find(cookie)
+    session = await _cookie_session(request)
     if session is not None:
         _refuse_foreign_origin(request)
         return _by_session(request, session)
@@ -85,11 +85,20 @@ async def presented_session(request: web.Request) -> tuple[str, Session] | None:
     """The live session the request carries (token or cookie) with its token, ignoring bare
     usernames; None when it carries none (an invalid one is no error here)."""
     sessions = request.app[sessions_key]
-    for token in (request_token(request), request.cookies.get(COOKIE_NAME)):
+    for token in (request_token(request), *cookie_values(request, COOKIE_NAME)):
         if token:
             session = await sessions.find(token)
             if session is not None:
                 return token, session
+    return None
+
+
+async def _cookie_session(request: web.Request) -> Session | None:
+    """The live session of the first login cookie that has one (see edge.cookie_values)."""
+    for cookie in cookie_values(request, COOKIE_NAME):
+        session = await request.app[sessions_key].find(cookie) if cookie else None
+        if session is not None:
+            return session
     return None
 
 

@@ -27,6 +27,8 @@ from multidict import CIMultiDict
 
 from .errors import BadRequest, Handler
 
+# Cookies of one name tried in turn: ours, and whatever siblings planted beside it.
+MAX_SAME_NAME_COOKIES = 4
 # Requests larger than this are refused with 413, compressed or not: a message is a few KiB.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -45,6 +47,18 @@ def header_text(value: str) -> str:
 def ascii_cookies(value: str) -> str:
     """The Cookie header without the pairs that are not ASCII (never ours)."""
     return "; ".join(pair for pair in value.split(";") if pair.isascii()).strip()
+
+
+def cookie_values(request: web.Request, name: str) -> list[str]:
+    """Every value the Cookie header gives `name`, in order (at most a few). A sibling subdomain
+    may plant a cookie of the same name (`Domain=.example.com`); the browser sends both, and
+    `request.cookies` keeps only the last, so the caller tries each until one verifies."""
+    values = []
+    for pair in request.headers.get("Cookie", "").split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == name:
+            values.append(value.strip().strip('"'))
+    return values[:MAX_SAME_NAME_COOKIES]
 
 
 @web.middleware

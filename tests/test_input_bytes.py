@@ -144,6 +144,8 @@ async def test_a_foreign_or_broken_cookie_neither_breaks_a_login_nor_makes_one(c
         b'planted="unterminated',
         b"=;;=; ; planted",
         b"chat_token=\xe9\xff",
+        b"chat_token=planted-by-a-sibling",  # the same name, Domain=.example.com: sent beside ours
+        b'chat_token=""',
     ]
     for cookie in planted:
         for header in (cookie + b"; chat_token=" + token, b"chat_token=" + token + b"; " + cookie):

@@ -159,10 +159,15 @@ class Follower:
     """What a browser's EventSource does: follow a stream, and when it ends or breaks, reconnect
     with Last-Event-ID. Collects the ids of message events, and counts reconnects."""
 
-    def __init__(self, session: Any, url: str, params: dict[str, Any]) -> None:
+    def __init__(
+        self, session: Any, url: str, params: dict[str, Any], *, silence: float | None = None
+    ) -> None:
         self.session = session
         self.url = url
         self.params = params
+        # Reconnect after this long without a byte (heartbeats included): a server whose network
+        # went away sends nothing, not even an end. None: wait as long as the connection lasts.
+        self.silence = silence
         self.ids: list[int] = []
         self.connects = 0
         self._changed = asyncio.Condition()
@@ -194,13 +199,13 @@ class Follower:
                         self.connects += 1
                         connected.set()
                         await self._read(resp)
-            except (aiohttp.ClientError, ConnectionError):
+            except (aiohttp.ClientError, ConnectionError, TimeoutError):
                 pass
             await asyncio.sleep(0.05)  # EventSource's retry delay, shortened
 
     async def _read(self, resp: ClientResponse) -> None:
         buffer = b""
-        async for chunk in resp.content.iter_any():
+        while chunk := await asyncio.wait_for(resp.content.readany(), self.silence):
             buffer += chunk
             *frames, buffer = buffer.split(b"\n\n")
             for frame in frames:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,15 +105,15 @@ class UnitServer(ChatServer):
 class Nginx:
     """A private nginx master serving the shipped site, with its own pid, logs and temp files."""
 
-    def __init__(self, folder: Path, upstreams: list[str], *, netns: str | None = None) -> None:
+    def __init__(self, folder: Path, upstreams: list[str], *, fail_timeout: str = "10s") -> None:
         self.binary = require_nginx()
         self.folder = folder
-        self.netns = netns
         self.https_port = free_port()
         self.http_port = free_port()
         self.cert, self.key = self_signed_certificate(folder)
         self.upstreams = folder / "chat-upstreams.conf"
-        self.upstreams.write_text("".join(f"server {u} max_fails=1 fail_timeout=10s;\n" for u in upstreams))
+        lines = (f"server {u} max_fails=1 fail_timeout={fail_timeout};\n" for u in upstreams)
+        self.upstreams.write_text("".join(lines))
         self.site = folder / "chat-site.conf"
         self.access_log = folder / "nginx-access.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -163,15 +162,13 @@ http {{
     def start(self) -> None:
         self.render_site()
         config = self.main_config()
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        command = [*prefix, self.binary, "-e", str(self.folder / "nginx-error.log"), "-c", str(config)]
+        command = [self.binary, "-e", str(self.folder / "nginx-error.log"), "-c", str(config)]
         test = subprocess.run([*command, "-t"], capture_output=True, text=True)
         assert test.returncode == 0, test.stderr
         with (self.folder / "nginx-out.log").open("ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        if self.netns is None:
-            wait_for_port(self.https_port, self.process, "nginx", "::1")
+        wait_for_port(self.https_port, self.process, "nginx", "::1")
 
     def stop(self) -> None:
-        stop_process(self.process, signal.SIGQUIT)  # graceful: open requests finish
+        stop_process(self.process)  # nginx's fast shutdown: a graceful one waits for every stream
         self.process = None

@@ -33,10 +33,10 @@ from .test_scale_out import SHARED_REDIS
 WAIT_MS = 20_000
 EVENTSOURCES = 10
 
-OPEN_SOURCES = """async (count) => {
+OPEN_SOURCES = """async ([count, username]) => {
   const login = await fetch("/api/login", {
     method: "POST", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({username: "lucia"}),
+    body: JSON.stringify({username: username}),
   });
   const chats = await (await fetch("/api/chats")).json();
   const general = chats.chats[0].id;
@@ -148,7 +148,7 @@ async def test_chromium_holds_ten_eventsources_on_one_origin_and_the_server_sees
     page = await _new_page(browser, deployment)
     protocol = await page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
     assert protocol == "h2"
-    opened = await page.evaluate(OPEN_SOURCES, EVENTSOURCES)
+    opened = await page.evaluate(OPEN_SOURCES, [EVENTSOURCES, "lucia"])
     assert opened["login"] in (200, 201)
     # Over HTTP/1.1 the browser would hold the 7th and later back: 6 connections per origin.
     await page.wait_for_function(f"window.opens === {EVENTSOURCES}", timeout=WAIT_MS)
@@ -174,7 +174,7 @@ async def test_a_page_resumes_through_nginx_across_a_rolling_restart(
     deployment: Deployment, browser: BrowserContext
 ) -> None:
     page = await _new_page(browser, deployment)
-    opened = await page.evaluate(OPEN_SOURCES, 1)
+    opened = await page.evaluate(OPEN_SOURCES, [1, "mateo"])
     await page.wait_for_function("window.opens === 1", timeout=WAIT_MS)
     general = opened["general"]
     connector = aiohttp.TCPConnector(ssl=False)
@@ -191,6 +191,7 @@ async def test_a_page_resumes_through_nginx_across_a_rolling_restart(
                 async with http.post("/api/messages", json=body, headers=headers) as resp:
                     assert resp.status == 201, await resp.text()
                     posted.append((await resp.json())["message"]["id"])
+                await asyncio.sleep(0.05)  # 20 a second: a busy chat, within the per-user limit
 
         posting = asyncio.create_task(post_until_restarted())
         await page.wait_for_function("window.received[0].length >= 5", timeout=WAIT_MS)

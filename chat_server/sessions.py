@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .broker import Broker
+from .errors import Unavailable
 from .hub import Subscriber
 from .models import User
 from .settings import Settings
@@ -109,8 +110,12 @@ class Sessions:
             self._cache.discard(key)
             return None
         if session.expires_at - self.lifetime + RENEW_EVERY <= now:
-            session = Session(key, session.user_id, now + self.lifetime)
-            await self.store.sessions.renew(key, session.expires_at)
+            renewed = Session(key, session.user_id, now + self.lifetime)
+            try:
+                await self.store.sessions.renew(key, renewed.expires_at)
+            except Unavailable:
+                return session  # still live: renewed by a later request, not refused for this
+            session = renewed
             self._cache.put(key, (session, time.monotonic()))
         return session
 

@@ -16,6 +16,7 @@ from chat_server.sessions import RENEW_EVERY, sessions_key
 from chat_server.settings import Settings
 
 from .chat_client import AiohttpClient, ChatClient, Stream
+from .tcp_proxy import TcpProxy
 from .test_scale_out import shared_redis  # noqa: F401 - fixture
 from .test_security import make_browser  # noqa: F401 - fixture
 from .waiting import eventually
@@ -214,3 +215,23 @@ async def test_a_stream_set_up_for_a_session_that_just_ended_is_closed(client: C
         assert sub.closed
     async with client.hub.subscribe([general]) as sub, sessions.streaming(live, sub):
         assert not sub.closed
+
+
+async def test_a_renewal_the_database_cannot_take_does_not_refuse_a_live_session(
+    proxied_mysql: tuple[str, TcpProxy], aiohttp_client: AiohttpClient
+) -> None:
+    url, proxy = proxied_mysql
+    client = ChatClient(await aiohttp_client(create_app(Settings(database_url=url, secret="s"))))
+    token = (await client.login("ana"))["token"]
+    assert await token_works(client, token)  # cached, with ana
+    move_clock(client, RENEW_EVERY + 60)  # a renewal is due
+    proxy.stall()
+    async with asyncio.timeout(10):
+        assert await token_works(client, token)  # the renewal failed; the session did not
+    proxy.resume()
+    assert await token_works(client, token)
+    key = client.app[sessions_key].key_of(token)
+    assert key is not None
+    renewed = await client.store.sessions.find(key, 0)
+    assert renewed is not None
+    assert renewed[1] > time.time() + 30 * DAY  # renewed by the request after

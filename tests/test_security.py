@@ -263,8 +263,25 @@ async def test_strict_mode_still_logs_in_by_username_and_reads_general_anonymous
     make_client: MakeClient,
 ) -> None:
     strict = await make_client(auth_mode="strict")
-    assert (await strict.login("nuevo", status=201))["token"]
-    await strict.history(strict.store.general_id)  # no identity needed, none given
+    general = strict.store.general_id
+    login = await strict.login("nuevo", status=201)  # a new name: by name alone, no password
+    assert login["user"]["username"] == "nuevo"
+    auth = {"Authorization": f"Bearer {login['token']}"}
+    assert (await strict.call("GET", "/api/me", headers=auth, status=200))["user"] == login["user"]
+    first = await strict.call(
+        "POST", "/api/messages", json={"chat_id": general, "contenido": "hola"}, headers=auth, status=201
+    )
+    # Without any identity: General's history and stream, and nothing else.
+    reader = await strict.open_stream({"chat_id": general})
+    assert await strict.history(general) == [first["message"]]
+    second = await strict.call(
+        "POST", "/api/messages", json={"chat_id": general, "contenido": "otra"}, headers=auth, status=201
+    )
+    assert await reader.messages(1) == [second["message"]]
+    reader.close()
+    await strict.call("GET", "/api/chats", status=401)
+    await strict.call("GET", "/api/stream", status=401)
+    await strict.call("POST", "/api/messages", json={"chat_id": general, "contenido": "x"}, status=401)
 
 
 # -- the admin password ----------------------------------------------------------------------

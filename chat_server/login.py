@@ -129,6 +129,8 @@ async def _by_link(request: web.Request, code: Any, named: Any) -> User:
             raise Unauthorized(
                 "this login link is not valid: it was used, has expired, is for someone else or never existed"
             )
+        if user.is_admin and request.app[settings_key].admin_password:
+            raise Unauthorized("the admin logs in with the password")  # a link made before it was set
     return user
 
 

@@ -236,3 +236,13 @@ async def test_anonymous_streams_are_capped_per_address(make_client: MakeClient,
     mine = await client.open_stream({"chat_id": general, "token": token}, headers=here)
     for stream in [*streams, elsewhere, mine]:
         stream.close()
+
+
+async def test_a_login_link_never_replaces_the_admin_password(make_client: MakeClient) -> None:
+    before = await make_client(auth_mode="strict")  # no password yet: the admin may make one
+    admin = await before.login("admin", status=200)
+    auth = bearer(admin["token"])
+    link = await before.call("POST", f"/api/users/{admin['user']['id']}/login-link", headers=auth, status=201)
+    after = await strict_client(make_client)  # the same database, now with CHAT_ADMIN_PASSWORD
+    refused = await after.call("POST", "/api/login", json={"login_code": link["code"]}, status=401)
+    assert refused["error"] == "the admin logs in with the password"

@@ -17,6 +17,7 @@ from .keeper import Keeper, keeper_key
 from .limits import Limits, RateLimiter, RedisRateLimiter, RedisStreamSlots, StreamSlots, limits_key
 from .presence import LocalPresence, Presence, RedisPresence, presence_key
 from .proxies import TrustedProxies, proxy_middleware
+from .redis_batch import RedisBatch, redis_batch_key
 from .sessions import Sessions, sessions_key
 from .settings import Settings, settings_key
 from .store import open_store, store_key
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.cleanup_ctx.append(_broker_ctx)
+    app.cleanup_ctx.append(_redis_batch_ctx)
     app.cleanup_ctx.append(_presence_ctx)
     app.cleanup_ctx.append(_limits_ctx)
     app.cleanup_ctx.append(_sessions_ctx)
@@ -102,6 +104,18 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     await broker.close()
 
 
+async def _redis_batch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Presence and limits share one batch over the broker's Redis client (after them, it
+    closes: what they queue at their close is still sent)."""
+    broker = app[broker_key]
+    if not isinstance(broker, RedisBroker):
+        yield
+        return
+    batch = app[redis_batch_key] = RedisBatch(broker.redis)
+    yield
+    await batch.close()
+
+
 async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = app[broker_key]
 
@@ -111,7 +125,7 @@ async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
     presence: Presence
     if isinstance(broker, RedisBroker):
         ttl = app[settings_key].presence_ttl
-        presence = RedisPresence(announce, broker.redis, broker.channel, broker.process_id, ttl)
+        presence = RedisPresence(announce, app[redis_batch_key], broker.channel, broker.process_id, ttl)
     else:
         presence = LocalPresence(announce)
     await presence.start(app[keeper_key])
@@ -126,8 +140,9 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
     rates: RateLimiter
     slots: StreamSlots
     if isinstance(broker, RedisBroker):
-        rates = RedisRateLimiter(broker.redis, broker.channel)
-        slots = RedisStreamSlots(broker.redis, broker.channel, broker.process_id, settings.presence_ttl)
+        batch = app[redis_batch_key]
+        rates = RedisRateLimiter(batch, broker.channel)
+        slots = RedisStreamSlots(batch, broker.channel, broker.process_id, settings.presence_ttl)
     else:
         rates, slots = RateLimiter(), StreamSlots()
     await slots.start(app[keeper_key])

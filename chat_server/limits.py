@@ -18,12 +18,12 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-import redis.asyncio as redis
 from aiohttp import web
 
 from .errors import ApiError, Conflict, TooManyRequests, Unauthorized
 from .keeper import Keeper
-from .redis_policy import FAILURES, RedisGuard, bounded
+from .redis_batch import Pipeline, RedisBatch
+from .redis_policy import FAILURES, RedisGuard
 from .settings import Settings
 
 # A refused stream has no window to wait for; a client may try again after this.
@@ -89,26 +89,28 @@ class RateLimiter:
 
 
 class RedisRateLimiter(RateLimiter):
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(self, batch: RedisBatch, namespace: str) -> None:
         super().__init__()
-        self.redis = client
+        self.batch = batch
         self.namespace = namespace
         self.guard = RedisGuard("rate limits")
 
     async def hit(self, hits: Hits) -> float | None:
-        """All counters in one round trip."""
+        """All counters in one operation (concurrent requests share a round trip)."""
         now = time.time()
         if not self.guard.ready():
             return self._local_hits(hits, now)
         ends = [_window_end(now, rate.window) for _, rate in hits]
+
+        def count(pipe: Pipeline) -> None:
+            for (key, _), end in zip(hits, ends, strict=True):
+                name = self._name(key, end)
+                pipe.incr(name)
+                # Kept a little past the window's end, so a slow clock elsewhere finds it.
+                pipe.pexpire(name, math.ceil((end - now + 1) * 1000))
+
         try:
-            async with bounded(), self.redis.pipeline(transaction=False) as pipe:
-                for (key, _), end in zip(hits, ends, strict=True):
-                    name = self._name(key, end)
-                    pipe.incr(name)
-                    # Kept a little past the window's end, so a slow clock elsewhere finds it.
-                    pipe.pexpire(name, math.ceil((end - now + 1) * 1000))
-                replies = await pipe.execute()
+            replies = await self.batch.run(count)
         except FAILURES as exc:
             self.guard.failed(exc)
             return self._local_hits(hits, now)
@@ -127,13 +129,15 @@ class RedisRateLimiter(RateLimiter):
         if not self.guard.ready():
             self._local_refund(hits, now)
             return
+
+        def take_back(pipe: Pipeline) -> None:
+            for key, rate in hits:
+                end = _window_end(now, rate.window)
+                pipe.decr(self._name(key, end))
+                pipe.pexpire(self._name(key, end), math.ceil((end - now + 1) * 1000))
+
         try:
-            async with bounded(), self.redis.pipeline(transaction=False) as pipe:
-                for key, rate in hits:
-                    end = _window_end(now, rate.window)
-                    pipe.decr(self._name(key, end))
-                    pipe.pexpire(self._name(key, end), math.ceil((end - now + 1) * 1000))
-                await pipe.execute()
+            await self.batch.run(take_back)
         except FAILURES as exc:
             self.guard.failed(exc)
             self._local_refund(hits, now)
@@ -201,9 +205,12 @@ class _Slot:
 
 
 class RedisStreamSlots(StreamSlots):
-    def __init__(self, client: redis.Redis, namespace: str, process_id: str, ttl: float) -> None:
+    """Adds, drops and refreshes go through the process's `RedisBatch`, so they reach Redis in
+    the order they were made: a refresh never writes back a slot dropped before it."""
+
+    def __init__(self, batch: RedisBatch, namespace: str, process_id: str, ttl: float) -> None:
         super().__init__()
-        self.redis = client
+        self.batch = batch
         self.namespace = namespace
         self.process_id = process_id
         self.ttl = ttl
@@ -220,15 +227,17 @@ class RedisStreamSlots(StreamSlots):
         local = await super()._count_with(user_id, slot)
         if not self.guard.ready():
             return local
-        now = time.time()
         key = self._key(user_id)
+
+        def add(pipe: Pipeline) -> None:
+            now = time.time()
+            pipe.zremrangebyscore(key, "-inf", now)  # streams of processes that died
+            pipe.zadd(key, {self._member(slot): now + self.ttl})
+            pipe.zcard(key)
+            pipe.pexpire(key, math.ceil(self.ttl * 1000))
+
         try:
-            async with bounded(), self.redis.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(key, "-inf", now)  # streams of processes that died
-                pipe.zadd(key, {self._member(slot): now + self.ttl})
-                pipe.zcard(key)
-                pipe.pexpire(key, math.ceil(self.ttl * 1000))
-                _, _, count, _ = await pipe.execute()
+            _, _, count, _ = await self.batch.run(add)
         except FAILURES as exc:
             self.guard.failed(exc)
             return local
@@ -240,8 +249,7 @@ class RedisStreamSlots(StreamSlots):
         if not self.guard.ready():
             return  # the entry expires in Redis by itself
         with contextlib.suppress(*FAILURES):
-            async with bounded():
-                await self.redis.zrem(self._key(user_id), self._member(slot))
+            await self.batch.run(lambda pipe: pipe.zrem(self._key(user_id), self._member(slot)))
 
     async def start(self, keeper: Keeper) -> None:
         self._keeper = keeper
@@ -256,12 +264,13 @@ class RedisStreamSlots(StreamSlots):
         while True:
             await asyncio.sleep(self.ttl / 3)
             with contextlib.suppress(*FAILURES):
-                expires = time.time() + self.ttl
-                async with bounded(), self.redis.pipeline(transaction=False) as pipe:
-                    for user_id, slots in list(self._local.items()):
-                        pipe.zadd(self._key(user_id), {self._member(s): expires for s in slots})
-                        pipe.pexpire(self._key(user_id), math.ceil(self.ttl * 1000))
-                    await pipe.execute()
+                await self.batch.run(self._refresh)
+
+    def _refresh(self, pipe: Pipeline) -> None:
+        expires = time.time() + self.ttl
+        for user_id, slots in self._local.items():
+            pipe.zadd(self._key(user_id), {self._member(s): expires for s in slots})
+            pipe.pexpire(self._key(user_id), math.ceil(self.ttl * 1000))
 
 
 class Limits:

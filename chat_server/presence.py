@@ -15,11 +15,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-import redis.asyncio as redis
 from aiohttp import web
 
 from .keeper import Keeper
 from .models import User
+from .redis_batch import Pipeline, RedisBatch
 from .redis_policy import FAILURES, bounded
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,15 @@ class LocalPresence(Presence):
 
 
 class RedisPresence(Presence):
+    """Joins, leaves and refreshes go through the process's `RedisBatch`: one round trip per
+    first or last stream (and fewer in a burst), each check-and-write atomic."""
+
     def __init__(
-        self, announce: Announce, client: redis.Redis, namespace: str, process_id: str, ttl: float
+        self, announce: Announce, batch: RedisBatch, namespace: str, process_id: str, ttl: float
     ) -> None:
         super().__init__(announce)
-        self.redis = client
+        self.batch = batch
+        self.redis = batch.client
         self.namespace = namespace
         self.process_id = process_id
         self.ttl = ttl
@@ -115,9 +119,10 @@ class RedisPresence(Presence):
         await super().close()
         if self._keeper is not None:
             await self._keeper.stop("presence-refresh")
-        with contextlib.suppress(*FAILURES):  # else the entries expire by themselves
-            async with bounded():
-                await self._leave(*self._local)
+        users = list(self._local)
+        if users:
+            with contextlib.suppress(*FAILURES):  # else the entries expire by themselves
+                await self.batch.run(lambda pipe: self._leave(pipe, *users))
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(user_ids)
@@ -135,12 +140,15 @@ class RedisPresence(Presence):
 
     # Redis away or silent: presence fails open. The stream goes on, the user counts as online
     # in this process and is announced (the refresher records them once Redis answers).
+    # Announced only when no other process has the user online: their partners were told then.
 
     async def _first_stream(self, user_id: int) -> None:
+        def join(pipe: Pipeline) -> None:
+            pipe.zrangebyscore(self._key(user_id), time.time(), "+inf")  # before our own entry
+            self._join(pipe, user_id)
+
         try:
-            async with bounded():
-                others = await self._alive_elsewhere(user_id)
-                await self._join(user_id)
+            others = self._others((await self.batch.run(join))[0])
         except FAILURES as exc:
             log.warning("presence: redis unreachable (%r)", exc)
             others = 0
@@ -148,44 +156,42 @@ class RedisPresence(Presence):
             await self.announce(user_id, True)
 
     async def _last_stream(self, user_id: int) -> None:
+        def leave(pipe: Pipeline) -> None:
+            self._leave(pipe, user_id)
+            pipe.zrangebyscore(self._key(user_id), time.time(), "+inf")
+
         try:
-            async with bounded():
-                await self._leave(user_id)
-                others = await self._alive_elsewhere(user_id)
+            others = self._others((await self.batch.run(leave))[-1])
         except FAILURES as exc:
             log.warning("presence: redis unreachable (%r)", exc)
             others = 0
         if not others:
             await self.announce(user_id, False)
 
-    async def _alive_elsewhere(self, user_id: int) -> int:
-        members = await self._members(self._key(user_id), time.time(), "+inf")
-        return sum(m != self.process_id for m in members)
+    def _others(self, members: list[bytes]) -> int:
+        return sum(_text(m) != self.process_id for m in members)
 
     async def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
         return [_text(m) for m in await self.redis.zrangebyscore(key, low, high)]
 
-    async def _join(self, *user_ids: int) -> None:
+    def _join(self, pipe: Pipeline, *user_ids: int) -> None:
         expires = time.time() + self.ttl
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.zadd(self._key(user_id), {self.process_id: expires})
-                pipe.zadd(self._expiries, {f"{user_id}:{self.process_id}": expires})
-            await pipe.execute()
+        for user_id in user_ids:
+            pipe.zadd(self._key(user_id), {self.process_id: expires})
+            pipe.zadd(self._expiries, {f"{user_id}:{self.process_id}": expires})
 
-    async def _leave(self, *user_ids: int) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.zrem(self._key(user_id), self.process_id)
-                pipe.zrem(self._expiries, f"{user_id}:{self.process_id}")
-            await pipe.execute()
+    def _leave(self, pipe: Pipeline, *user_ids: int) -> None:
+        for user_id in user_ids:
+            pipe.zrem(self._key(user_id), self.process_id)
+            pipe.zrem(self._expiries, f"{user_id}:{self.process_id}")
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
             with contextlib.suppress(*FAILURES):
-                async with bounded():
-                    await self._join(*self._local)
+                # Who is online here is read when the batch is sent, after any leave queued
+                # before it: a user who just left is not written back.
+                await self.batch.run(lambda pipe: self._join(pipe, *self._local))
                 await self._sweep()
 
     async def _sweep(self) -> None:

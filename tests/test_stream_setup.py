@@ -13,6 +13,7 @@ from chat_server.app import create_app
 from chat_server.limits import RedisStreamSlots
 from chat_server.models import Message, User, utc_now
 from chat_server.presence import RedisPresence
+from chat_server.redis_batch import RedisBatch
 from chat_server.settings import Settings
 
 from .chat_client import AiohttpClient, ChatClient
@@ -121,8 +122,9 @@ async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_prese
     port = int(shared_redis.rsplit(":", 1)[1].split("/")[0])
     async with TcpProxy(port) as proxy:
         client = redis_policy.connect(f"redis://127.0.0.1:{proxy.port}/0")
-        slots = RedisStreamSlots(client, namespace, "p1", ttl=30)
-        presence = RedisPresence(announce, client, namespace, "p1", ttl=30)
+        batch = RedisBatch(client)
+        slots = RedisStreamSlots(batch, namespace, "p1", ttl=30)
+        presence = RedisPresence(announce, batch, namespace, "p1", ttl=30)
         try:
             proxy.stall()
             # A silent Redis holds up neither (they fail open): well within redis-py's own
@@ -147,4 +149,5 @@ async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_prese
             assert announced[-1] == (ana.id, False)
         finally:
             await presence.close()
+            await batch.close()
             await client.aclose()

@@ -8,8 +8,9 @@ and the streams closing. An idle phase of the same length first measures the bac
 
     python bench/redis_ops.py [--streams 200] [--posts 200] [--mysql mysql://root@127.0.0.1:3306]
 
-Prints one JSON object: per phase, the commands per connect / post / disconnect by name, and the
-bytes Redis received and sent per operation.
+Prints one JSON object: per phase, the commands per connect / post / disconnect by name, the
+round trips (socket reads Redis processed), connections opened, and the bytes Redis received
+and sent per operation.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from typing import Any
 import aiohttp
 import pymysql
 import redis
-from benchmarks import ARTIFACTS, free_port, server
+from benchmarks import ARTIFACTS, ROOT, free_port, server
+
+sys.path.insert(0, str(ROOT))  # the counters are the tests' own (tests/redis_counts.py)
+from tests.redis_counts import Reading, RedisCounts
 
 IDLE_SECONDS = 3.0
 
@@ -56,52 +60,29 @@ def private_redis() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-class Counter:
-    """Redis's own counts since the last `reset()`."""
-
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.started = time.monotonic()
-
-    def reset(self) -> None:
-        self.client.config_resetstat()
-        self.started = time.monotonic()
-
-    def read(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self.client.info("commandstats")
-        net: dict[str, Any] = self.client.info("stats")
-        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-        calls.pop("config|resetstat", None)
-        calls.pop("info", None)
-        return {
-            "seconds": time.monotonic() - self.started,
-            "calls": calls,
-            "in_bytes": int(net["total_net_input_bytes"]),
-            "out_bytes": int(net["total_net_output_bytes"]),
-        }
-
-
-def per_operation(phase: dict[str, Any], idle: dict[str, Any], count: int) -> dict[str, Any]:
+def per_operation(phase: Reading, idle: Reading, count: int) -> dict[str, Any]:
     """A phase's counts less the idle rate over its length, per operation."""
-    scale = float(phase["seconds"]) / float(idle["seconds"])
+    scale = phase.seconds / idle.seconds
 
     def net(value: float, background: float) -> float:
         return round(max(0.0, value - background * scale) / count, 2)
 
     calls = {
-        name: net(n, idle["calls"].get(name, 0))
-        for name, n in sorted(phase["calls"].items())
-        if net(n, idle["calls"].get(name, 0)) > 0
+        name: net(n, idle.calls.get(name, 0))
+        for name, n in sorted(phase.calls.items())
+        if net(n, idle.calls.get(name, 0)) > 0
     }
     return {
         "commands": calls,
         "total": round(sum(calls.values()), 2),
-        "in_bytes": net(phase["in_bytes"], idle["in_bytes"]),
-        "out_bytes": net(phase["out_bytes"], idle["out_bytes"]),
+        "round_trips": net(phase.round_trips, idle.round_trips),
+        "connections_opened": net(phase.connections, idle.connections),
+        "in_bytes": net(phase.in_bytes, idle.in_bytes),
+        "out_bytes": net(phase.out_bytes, idle.out_bytes),
     }
 
 
-async def drive(base: str, counter: Counter, streams: int, posts: int) -> dict[str, Any]:
+async def drive(base: str, counter: RedisCounts, streams: int, posts: int) -> dict[str, Any]:
     names = [f"cliente{i}" for i in range(streams)]
     unlimited = aiohttp.TCPConnector(limit=0)  # one connection per open stream, and more to post
     async with aiohttp.ClientSession(base, connector=unlimited) as session:
@@ -143,7 +124,7 @@ async def drive(base: str, counter: Counter, streams: int, posts: int) -> dict[s
         await asyncio.sleep(1.0)  # closing has no answer to wait for: give the server a moment
         close = counter.read()
     return {
-        "idle_per_second": {k: round(v / idle["seconds"], 2) for k, v in sorted(idle["calls"].items())},
+        "idle_per_second": {k: round(v / idle.seconds, 2) for k, v in sorted(idle.calls.items())},
         "per_connect": per_operation(connect, idle, streams),
         "per_post": per_operation(post, idle, posts),
         "per_disconnect": per_operation(close, idle, streams),
@@ -160,7 +141,7 @@ def main() -> None:
     database = f"chat_bench_redis_ops_{free_port()}"
     try:
         with private_redis() as redis_url, server(f"{args.mysql}/{database}", 2, redis_url) as (base, _):
-            result = asyncio.run(drive(base, Counter(redis_url), args.streams, args.posts))
+            result = asyncio.run(drive(base, RedisCounts(redis_url), args.streams, args.posts))
     finally:
         conn = pymysql.connect(host="127.0.0.1", user="root")
         conn.cursor().execute(f"DROP DATABASE IF EXISTS {database}")

@@ -27,19 +27,27 @@ CALL_TIMEOUT = 0.5
 # After a failure, callers that can do without Redis ask it again only after this long, so that
 # meanwhile no request waits on it.
 RETRY_PAUSE = 1.0
+# Connections per process at most (the subscription's included).
+MAX_CONNECTIONS = 8
 # What a Redis call raises when Redis is down, refuses, or does not answer in time.
 FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def connect(url: str) -> redis.Redis:
     """The client every user of Redis shares. `from_url` would not retry at all by default
-    (shared PITFALLS 3.6): a dropped connection is retried twice, quickly, within the bound."""
-    return redis.from_url(
+    (shared PITFALLS 3.6): a dropped connection is retried twice, quickly, within the bound.
+    The pool is bounded and callers wait for a free connection (within their bound): a burst
+    of a thousand publishes otherwise opened a connection each, with a HELLO each, and held
+    them all open afterwards. One of them is the subscription's, held for good."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=None,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
         socket_timeout=5,
         socket_connect_timeout=2,
     )
+    return redis.Redis.from_pool(pool)
 
 
 def bounded(seconds: float = CALL_TIMEOUT) -> asyncio.Timeout:

@@ -32,8 +32,8 @@ LISTEN_BACKLOG = 4096
 # Streams are ended from on_shutdown, so handlers finish well within this.
 SHUTDOWN_TIMEOUT = 5.0
 # A stopping worker waits at most this long for its keep-alive clients to close their idle
-# connections; above the upstream keepalive_timeout of deploy/nginx/chat.conf.template (2 s).
-DRAIN_SECONDS = 4.0
+# connections; above the upstream keepalive_timeout of deploy/nginx/chat.conf.template (1 s).
+DRAIN_SECONDS = 3.0
 DRAIN_CHECK = 0.05
 # Allocations before a young collection, and how often the older generations are walked.
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -150,6 +150,7 @@ async def _serve(
         await site.start()
         if on_ready is None:
             print(f"chat_server on {site.name}", flush=True)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _no_reload)
         else:
             on_ready()
         await _signalled(signal.SIGTERM, signal.SIGINT)
@@ -158,6 +159,11 @@ async def _serve(
         await _drain(runner, app, drain)
     finally:
         await runner.cleanup()
+
+
+def _no_reload() -> None:
+    # `systemctl reload` on a single process: restarting it would drop every stream at once.
+    log.warning("SIGHUP ignored: a rolling restart needs --workers 2 or more (CHAT_WORKERS)")
 
 
 async def _signalled(*signals: signal.Signals) -> None:

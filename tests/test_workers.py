@@ -172,3 +172,16 @@ def _assert_replaced_one_at_a_time(log: str) -> None:
         expected += [(str(slot), new, "started"), (str(slot), new, "ready")]
         expected += [(str(slot), old, "stopping"), (str(slot), old, "stopped")]
     assert events == expected
+
+
+def test_a_single_process_survives_sighup_and_says_why_it_did_not_restart(tmp_path: Path) -> None:
+    server = ChatServer(tmp_path, {"DATABASE_URL": f"sqlite:///{tmp_path}/chat.sqlite3", "REDIS_URL": ""})
+    server.start()
+    try:
+        assert server.process is not None
+        pid = server.wait_ready()
+        os.kill(server.process.pid, signal.SIGHUP)
+        server.wait_for_log("SIGHUP ignored: a rolling restart needs --workers 2")
+        assert server.wait_ready() == pid
+    finally:
+        assert server.stop() == 0

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from chat_server import jsonutil
 from chat_server.app import create_app
-from chat_server.loadtest import cli
+from chat_server.loadtest import cli, parse_args
 from chat_server.loadtest.wire import Receiver, StreamState, tag
 from chat_server.settings import Settings
 from chat_server.sse import HEARTBEAT, PREAMBLE, encode_event
@@ -181,6 +181,48 @@ async def test_a_delivery_dropped_on_purpose_is_counted_lost_and_fails_the_run(
     assert summary["server_cpu_seconds"] is None
     assert summary["ok"] is False
     assert code == 1
+
+
+async def test_streams_connect_from_the_source_addresses_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    peers: set[str | None] = set()
+
+    async def note_peer(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == "/api/stream":
+            peers.add(request.remote)
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/x.db", secret="x"))
+    app.on_response_prepare.append(note_peer)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        argv = ["--url", f"http://{host}:{port}", *SMALL_RUN, "--source-addresses", "127.0.0.2,127.0.0.3"]
+        code = await asyncio.wait_for(cli([*argv, "--json-only"]), RUN_WAIT)
+    finally:
+        await runner.cleanup()
+    summary = one_json_line(capsys.readouterr().out)
+    assert code == 0, summary
+    assert summary["streams_connected"] == 20
+    assert peers == {"127.0.0.2", "127.0.0.3"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "addresses"),
+    [("3", ("127.0.0.1", "127.0.0.2", "127.0.0.3")), ("127.0.0.5, ::1", ("127.0.0.5", "::1"))],
+)
+def test_source_addresses_are_a_count_of_loopback_addresses_or_a_list(
+    raw: str, addresses: tuple[str, ...]
+) -> None:
+    assert parse_args(["--source-addresses", raw]).source_addresses == addresses
+
+
+@pytest.mark.parametrize("raw", ["0", "255", "127.0.0.x", ","])
+def test_source_addresses_that_are_not_addresses_are_refused(raw: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--source-addresses", raw])
 
 
 def _free_port() -> int:

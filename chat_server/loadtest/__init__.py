@@ -18,6 +18,9 @@
 With --stream-url (repeatable) the streams are spread over other servers than the one posts go
 to, e.g. several processes of one cluster; with --resume a stream that ends or breaks
 reconnects with Last-Event-ID, as EventSource does (a server killed and restarted mid-run).
+With --source-addresses the streams connect from several loopback addresses in turn: one
+address reaches one server port through ~28,000 ephemeral ports at most, so 40,000 streams need
+two or more (127.0.0.0/8 is all loopback on Linux, nothing to configure).
 The server under test should run with NO_LIMITS in its environment (rate limits and stream cap
 off): the tool is one address doing what thousands of people do.
 

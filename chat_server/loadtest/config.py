@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -61,6 +62,9 @@ class Config:
     stream_urls: tuple[str, ...] = ()
     # Like EventSource: a stream that ends or breaks reconnects with Last-Event-ID.
     resume: bool = False
+    # Local addresses the streams connect from, in turn (default: the system's choice). One
+    # address reaches one server port through at most ~28,000 ephemeral ports.
+    source_addresses: tuple[str, ...] = ()
 
     @property
     def stream_bases(self) -> tuple[str, ...]:
@@ -120,6 +124,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         action="store_true",
         help="reconnect a stream that ends or breaks with Last-Event-ID, as EventSource does",
     )
+    p.add_argument(
+        "--source-addresses",
+        type=_source_addresses,
+        default=(),
+        help="connect the streams from these local addresses in turn: a comma-separated list, or"
+        " N for 127.0.0.1 ... 127.0.0.N (each address has ~28,000 ephemeral ports to one server)",
+    )
     args = p.parse_args(argv)
     processes = args.processes or default_processes(args.streams, os.cpu_count() or 1)
     return Config(
@@ -139,7 +150,25 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         user_prefix=args.user_prefix,
         stream_urls=tuple(args.stream_url),
         resume=args.resume,
+        source_addresses=args.source_addresses,
     )
+
+
+def _source_addresses(raw: str) -> tuple[str, ...]:
+    if raw.isdigit():
+        count = int(raw)
+        if not 1 <= count <= 254:
+            raise argparse.ArgumentTypeError(f"a count of loopback addresses is 1 to 254: {raw}")
+        return tuple(f"127.0.0.{i}" for i in range(1, count + 1))
+    addresses = tuple(a.strip() for a in raw.split(",") if a.strip())
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an IP address: {address}") from None
+    if not addresses:
+        raise argparse.ArgumentTypeError("no address given")
+    return addresses
 
 
 def _positive(kind: Callable[[str], float], *, zero: bool = False) -> Callable[[str], Any]:

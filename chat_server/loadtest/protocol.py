@@ -19,6 +19,7 @@ class StreamSpec:
     url: str  # the server's /api/stream
     chat_id: int
     username: str | None  # None for General, which needs no identity
+    source: str | None = None  # the local address to connect from (None: the system's choice)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ FAILURES = ("streams_failed", "streams_ended_early", "posts_failed", "lost", "du
 
 @dataclass(frozen=True)
 class ServerSample:
-    """The server process as seen in /proc (on the same machine), at one moment."""
+    """The server process and its workers as seen in /proc (on the same machine), at one moment."""
 
     at: float = field(default_factory=time.monotonic)
     rss_mb: float | None = None
@@ -29,9 +29,30 @@ class ServerSample:
 
 
 def sample_server(pid: int | None) -> ServerSample:
+    """RSS and CPU of the process and its descendants (`run.py --workers N`: the workers)."""
     if pid is None:
         return ServerSample()
-    return ServerSample(rss_mb=_rss_mb(pid), cpu_seconds=_cpu_seconds(pid))
+    pids = _tree(pid)
+    rss = [_rss_mb(p) for p in pids]
+    cpu = [_cpu_seconds(p) for p in pids]
+    if rss[0] is None or cpu[0] is None:
+        return ServerSample()
+    return ServerSample(rss_mb=round(sum(r or 0.0 for r in rss), 1), cpu_seconds=sum(c or 0.0 for c in cpu))
+
+
+def _tree(pid: int) -> list[int]:
+    """The pid and its descendants, from /proc/PID/task/TID/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(c) for c in children.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _rss_mb(pid: int) -> float | None:

@@ -85,8 +85,10 @@ async def open_stream(
     last_id: int | None,
     receiver: Receiver,
     stream: StreamState,
+    source: str | None = None,
 ) -> SseClient:
-    """Connect, send the request, and return once the stream's preamble has arrived."""
+    """Connect (from the local address `source`, if given), send the request, and return once
+    the stream's preamble has arrived."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     headers = [f"Host: {host}:{port}", "Accept: text/event-stream"]
@@ -95,7 +97,10 @@ async def open_stream(
     request = f"GET {parts.path}?{urlencode(params)} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\n\r\n"
     loop = asyncio.get_running_loop()
     _, client = await loop.create_connection(
-        lambda: SseClient(receiver, stream, request.encode()), host, port
+        lambda: SseClient(receiver, stream, request.encode()),
+        host,
+        port,
+        local_addr=None if source is None else (source, 0),
     )
     try:
         await client.ready

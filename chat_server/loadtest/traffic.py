@@ -77,10 +77,12 @@ def plan_jobs(cfg: Config, targets: list[ChatTarget], run_id: str) -> list[Worke
     """Stream i follows chat i mod K; streams are dealt to the processes in turn."""
     specs: list[list[StreamSpec]] = [[] for _ in range(cfg.processes)]
     urls = [f"{base}/api/stream" for base in cfg.stream_bases]
+    sources = cfg.source_addresses or (None,)
     for i in range(cfg.streams):
         target = targets[i % len(targets)]
         reader = target.readers[(i // len(targets)) % len(target.readers)]
-        specs[i % cfg.processes].append(StreamSpec(urls[i % len(urls)], target.chat_id, reader))
+        source = sources[i % len(sources)]
+        specs[i % cfg.processes].append(StreamSpec(urls[i % len(urls)], target.chat_id, reader, source))
     batch = max(1, cfg.ramp_batch // cfg.processes)
     return [
         WorkerJob(n, streams, run_id, batch, cfg.connect_timeout, cfg.drop_every, cfg.resume)

@@ -101,7 +101,7 @@ class Worker:
             params["username"] = spec.username
         stream.pending = b""
         async with asyncio.timeout(self.job.connect_timeout):
-            return await open_stream(spec.url, params, last_id, self.receiver, stream)
+            return await open_stream(spec.url, params, last_id, self.receiver, stream, spec.source)
 
     async def follow(self, spec: StreamSpec, client: SseClient, stream: StreamState) -> None:
         """Wait for the stream to end; with `resume`, reconnect it, as EventSource does."""

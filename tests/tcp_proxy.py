@@ -3,8 +3,10 @@
 `stall()` makes every connection through it go silent while staying open, both ways: what a
 network stall or a frozen host looks like, which is not a refused connection. New connections
 are still accepted (the kernel completes the handshake) but hear nothing either. `resume()`
-lets the held bytes through; `resume(keep_held=True)` leaves the connections that have bytes
-held (a query in flight) silent for good: one stalled connection among healthy ones.
+lets the held bytes through.
+`silence_when(b"INSERT")` makes a connection go silent for good from the moment it sends those
+bytes (one connection stalled in the middle of a statement, among healthy ones);
+`silence_when(None)` stops silencing more.
 `reset()` aborts every connection open now.
 """
 
@@ -35,6 +37,7 @@ class TcpProxy:
         self.target_port = target_port
         self.port = 0
         self.stalled = False
+        self._silencing: bytes | None = None
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._pipes: set[asyncio.Task[None]] = set()
@@ -66,11 +69,13 @@ class TcpProxy:
         for link in self._links:
             link.flowing.clear()
 
-    def resume(self, *, keep_held: bool = False) -> None:
+    def resume(self) -> None:
         self.stalled = False
         for link in self._links:
-            if not (keep_held and link.held):
-                link.flowing.set()
+            link.flowing.set()
+
+    def silence_when(self, marker: bytes | None) -> None:
+        self._silencing = marker
 
     def reset(self) -> None:
         for link in list(self._links):
@@ -97,6 +102,8 @@ class TcpProxy:
     async def _pipe(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(CHUNK):
+                if self._silencing is not None and self._silencing in data:
+                    link.flowing.clear()
                 if not link.flowing.is_set():
                     link.held += 1  # neither side hears a thing
                     try:

@@ -62,10 +62,10 @@ async def test_one_silent_connection_holds_back_only_its_own_post(
     general = client.store.general_id
     stream = await client.open_stream({"chat_id": general})
     assert (await post(client, "first"))[0] == 201
-    proxy.stall()
+    proxy.silence_when(b"INSERT INTO mensajes_v2")  # the connection carrying it goes silent
     stuck = asyncio.create_task(post(client, "stuck"))
     await eventually(lambda: proxy.held > 0, "the INSERT is on its way")
-    proxy.resume(keep_held=True)  # that one connection stays silent, the others answer
+    proxy.silence_when(None)  # that one connection stays silent, later ones answer
     later = await asyncio.gather(*(post(client, f"later {i}") for i in range(3)))
     assert [status for status, _ in later] == [201] * 3
     assert not stuck.done(), "the later posts waited for the silent connection"

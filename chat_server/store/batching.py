@@ -85,10 +85,15 @@ class InsertBatcher(Generic[C]):
                     await self._one_by_one(batch)
                     continue
                 except Exception as exc:
-                    if not batch:  # no connection: the rows waiting now would not get one either
+                    if batch:
+                        _fail(batch, exc)
+                        continue
+                    # No connection. The rows waiting now fail with it, unless another lane may
+                    # still take them (else they wait for one, WAIT_FOR_LANE at most).
+                    if self._lanes <= {asyncio.current_task()}:
                         batch, self._pending = self._pending, []
-                    _fail(batch, exc)
-                    continue
+                        _fail(batch, exc)
+                    return
                 for waiting, new_id in zip(batch, ids, strict=True):
                     _settle(waiting, new_id)
         finally:  # whatever ends a lane (the loop closing, a bug), no row it took waits forever

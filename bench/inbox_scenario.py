@@ -289,13 +289,14 @@ async def _streams(session: aiohttp.ClientSession, base: str, pid: int, rng: ran
     deliveries = [(arrived[i] - sent[i]) * 1000 for i in sent if i in arrived]
     before = rss_mb(pid)
     streams = []
-    for _ in range(200):
-        resp = await session.get(f"{base}/api/stream", headers=ADMIN)
-        await resp.content.readany()
-        streams.append(resp)
-    after = rss_mb(pid)
-    for resp in streams:
-        resp.close()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as many:
+        for _ in range(200):
+            resp = await many.get(f"{base}/api/stream", headers=ADMIN)
+            await resp.content.readany()
+            streams.append(resp)
+        after = rss_mb(pid)
+        for resp in streams:
+            resp.close()
     return {
         "stream_connect_ms": quantiles(connects),
         "delivery_ms": quantiles(deliveries),

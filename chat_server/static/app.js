@@ -3,6 +3,7 @@
 //   session.js       login, logout, identity          api.js         requests and the credential
 //   stream.js        EventSource and polling          connection.js  the link's state, shown
 //   chats.js         the chat list, read markers      conversation.js the open chat, composer
+//   search.js        people and message search
 //   typing.js        "escribiendo…" both ways         notify.js      title, notifications, sound
 //   dates.js, dom.js small shared helpers             events.js      the events between modules
 
@@ -12,6 +13,7 @@ import * as chats from "./chats.js";
 import * as conversation from "./conversation.js";
 import * as stream from "./stream.js";
 import "./notify.js";
+import "./search.js";
 
 async function start() {
   const generation = begin();

@@ -1,10 +1,13 @@
-// The chat list: every chat of the user with its last message, unread count and who is
-// online; which one is selected; and the read markers the page sends.
+// The chat list: the user's chats with their last message, unread count and who is online,
+// loaded a page at a time as the list is scrolled; which one is selected; and the read markers
+// the page sends.
 //
 // State (this module is its only writer): `chats`, id -> chat as the page keeps it (see
-// `chatFromApi`); `selectedId`, the chat open in the conversation pane; the read markers sent
-// and pending. Invariant: a chat's `seen` is the newest message id heard of in it, from the
-// list or the stream, and never goes back.
+// `chatFromApi`); `nextCursor`, where the next page of the server's list starts (null once all
+// is loaded); `selectedId`, the chat open in the conversation pane; the read markers sent and
+// pending. Invariant: a chat's `seen` is the newest message id heard of in it, from the list or
+// the stream, and never goes back. A message in a chat not loaded yet reloads the first page,
+// where that chat now is (the server lists by latest activity).
 
 import { $, span } from "./dom.js";
 import { api } from "./api.js";
@@ -16,11 +19,15 @@ import { isLive } from "./connection.js";
 
 const READ_DELAY_MS = 150; // read markers of a burst of messages go out as one request
 const RELOAD_DELAY_MS = 300; // chats heard of on the stream: one list reload for a burst
+const PAGE = 50; // chats a page (the server's default)
+const NEAR_END_PX = 200; // the next page is asked for this close to the list's end
 
 const list = $("chats");
 
 let chats = new Map();
 let listLoaded = false;
+let nextCursor = null;
+let loadingMore = false;
 let selectedId = null;
 let readSent = new Map(); // chat id -> highest marker the server confirmed
 let readPending = new Map();
@@ -32,6 +39,8 @@ on("logout", () => {
   clearTimeout(reloadTimer);
   chats = new Map();
   listLoaded = false;
+  nextCursor = null;
+  loadingMore = false;
   selectedId = null;
   readSent = new Map();
   readPending = new Map();
@@ -66,10 +75,44 @@ export function newestSeen() {
   return newest;
 }
 
+/** The first page of the list (again, after a reconnect or a chat heard of on the stream). */
 export async function load() {
   const generation = currentGeneration();
-  const answer = await api("GET", "/api/chats");
-  if (isCurrent(generation)) applyChatList(answer.chats);
+  const answer = await api("GET", `/api/chats?limit=${PAGE}`);
+  if (!isCurrent(generation)) return;
+  // The first time, the next page starts after this one; later, after the deepest page loaded.
+  if (!listLoaded) nextCursor = answer.next_cursor;
+  applyChatList(answer.chats);
+}
+
+/** The next page, when the list is scrolled near its end (or does not fill the pane yet). */
+async function loadMore() {
+  if (loadingMore || nextCursor === null || !listLoaded) return;
+  loadingMore = true;
+  const generation = currentGeneration();
+  try {
+    const answer = await api("GET", `/api/chats?limit=${PAGE}&cursor=${encodeURIComponent(nextCursor)}`);
+    if (!isCurrent(generation)) return;
+    nextCursor = answer.next_cursor;
+    applyChatList(answer.chats);
+  } catch (err) {
+    await handleAuth(err); // otherwise the next scroll asks again
+  } finally {
+    loadingMore = false;
+  }
+}
+
+function nearEnd() {
+  return list.scrollTop + list.clientHeight >= list.scrollHeight - NEAR_END_PX;
+}
+
+list.addEventListener("scroll", () => {
+  if (nearEnd()) loadMore();
+});
+
+/** Chats found elsewhere (a search), kept like any page's: the list then has them too. */
+export function addFromApi(found) {
+  applyChatList(found);
 }
 
 function reloadSoon() {
@@ -77,9 +120,9 @@ function reloadSoon() {
   reloadTimer = setTimeout(() => load().catch(handleAuth), RELOAD_DELAY_MS);
 }
 
-/** Replace the list with the server's, keeping what the stream counted since it was read. */
+/** Merge chats of the server's list, keeping what the stream counted since it was read. */
 function applyChatList(answer) {
-  const next = new Map();
+  const next = new Map(chats);
   const toMark = [];
   for (const c of answer) {
     const old = chats.get(c.id);
@@ -285,4 +328,5 @@ function chatItem(chat) {
 export function render() {
   list.replaceChildren(...sortedChats().map(chatItem));
   emit("chats");
+  if (nextCursor !== null && nearEnd()) setTimeout(loadMore); // the pane is not full yet
 }

@@ -158,22 +158,25 @@ class Store(abc.ABC):
         self.general_id = int(row[0])
         await self.ensure_user(ADMIN_USERNAME)
         await self._backfill_memberships()
-        await self._backfill_inboxes()
 
     async def _backfill_memberships(self) -> None:
         """Give users made outside this server (e.g. by the seed's SQL) General and a DM with admin."""
         admin = await self.get_user(username=ADMIN_USERNAME)
         assert admin
+        # Both read only what is missing, one index lookup a user (uniq_chat_user, dm_pairs'
+        # primary key): a start with 100,000 customers stays within the statement time limit.
         async with self.connection() as db:
             await db.execute(
-                "INSERT IGNORE INTO chat_participants (chat_id, user_id) SELECT %s, id FROM usuarios",
-                (self.general_id,),
+                "INSERT IGNORE INTO chat_participants (chat_id, user_id) SELECT %s, u.id FROM usuarios u "
+                "WHERE NOT EXISTS (SELECT 1 FROM chat_participants p "
+                "WHERE p.chat_id = %s AND p.user_id = u.id)",
+                (self.general_id, self.general_id),
             )
             rows = await db.fetchall(
                 "SELECT " + _USER_COLUMNS + " FROM usuarios u WHERE u.id <> %s AND NOT EXISTS "
-                "(SELECT 1 FROM dm_pairs d WHERE (d.user_low = u.id AND d.user_high = %s) "
-                "OR (d.user_low = %s AND d.user_high = u.id))",
-                (admin.id, admin.id, admin.id),
+                "(SELECT 1 FROM dm_pairs d WHERE d.user_low = CASE WHEN u.id < %s THEN u.id ELSE %s END "
+                "AND d.user_high = CASE WHEN u.id < %s THEN %s ELSE u.id END)",  # portable LEAST/GREATEST
+                (admin.id, admin.id, admin.id, admin.id, admin.id),
             )
         for row in rows:
             await self.get_or_create_dm(admin, self._user(row))
@@ -184,22 +187,22 @@ class Store(abc.ABC):
         the block (never waiting for it). The embedded store serves one process: it always does."""
         yield True
 
-    async def _backfill_inboxes(self) -> None:
+    async def _backfill_inboxes(self, db: Db) -> None:
         """DMs made before chat_inbox existed (or by a server that did not keep it): their newest
         message and the unread after each participant's marker. Only missing rows are computed,
-        so a later start costs an anti-join of the participants, not a recount."""
-        async with self.connection() as db:
-            await db.execute(
-                "INSERT IGNORE INTO chat_inbox (chat_id, user_id, last_message_id, unread) "
-                "SELECT p.chat_id, p.user_id, "
-                "COALESCE((SELECT MAX(m.id) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id), 0), "
-                "(SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id "
-                "AND m.sender_id <> p.user_id AND m.id > COALESCE((SELECT r.last_read_id FROM chat_reads r "
-                "WHERE r.chat_id = p.chat_id AND r.user_id = p.user_id), 0)) "
-                "FROM chat_participants p JOIN chats c ON c.id = p.chat_id AND c.type = 'dm' "
-                "WHERE NOT EXISTS (SELECT 1 FROM chat_inbox i "
-                "WHERE i.chat_id = p.chat_id AND i.user_id = p.user_id)"
-            )
+        so a later start costs an anti-join of the participants, not a recount. Run by `migrate`
+        (no statement time limit: the first time, on a big database, it takes a while)."""
+        await db.execute(
+            "INSERT IGNORE INTO chat_inbox (chat_id, user_id, last_message_id, unread) "
+            "SELECT p.chat_id, p.user_id, "
+            "COALESCE((SELECT MAX(m.id) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id), 0), "
+            "(SELECT COUNT(*) FROM mensajes_v2 m WHERE m.chat_id = p.chat_id "
+            "AND m.sender_id <> p.user_id AND m.id > COALESCE((SELECT r.last_read_id FROM chat_reads r "
+            "WHERE r.chat_id = p.chat_id AND r.user_id = p.user_id), 0)) "
+            "FROM chat_participants p JOIN chats c ON c.id = p.chat_id AND c.type = 'dm' "
+            "WHERE NOT EXISTS (SELECT 1 FROM chat_inbox i "
+            "WHERE i.chat_id = p.chat_id AND i.user_id = p.user_id)"
+        )
 
     async def ping(self) -> None:
         async with self.connection() as db:

@@ -171,6 +171,7 @@ class MysqlStore(Store):
                 await self._run_schema(db, statements("mysql", "migrations.sql"))
                 await self._name_keys(db)
                 await self._key_names(db)
+                await self._backfill_inboxes(db)
             finally:
                 await db.fetchone("SELECT RELEASE_LOCK(%s)", (migrating,))
 

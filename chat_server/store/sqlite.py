@@ -82,6 +82,7 @@ class SqliteStore(Store):
         async with self.transaction() as db:
             await self._run_schema(db, statements("sqlite", "schema.sql"))
             await self._key_names(db)
+            await self._backfill_inboxes(db)
             if not had_search:
                 # The triggers index new messages; the ones already there are indexed once, now.
                 await db.execute("INSERT INTO mensajes_fts (mensajes_fts) VALUES ('rebuild')")

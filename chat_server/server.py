@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -116,7 +117,9 @@ def _serve_one(
         if sock is None:
             runner.run(_serve(app, lambda r: web.TCPSite(r, host, port, backlog=LISTEN_BACKLOG)))
         else:
-            runner.run(_serve(app, lambda r: web.SockSite(r, sock), on_ready=on_ready, drain=DRAIN_SECONDS))
+            # The backlog again: asyncio calls listen() on the socket with it (128 if not given).
+            site = functools.partial(web.SockSite, sock=sock, backlog=LISTEN_BACKLOG)
+            runner.run(_serve(app, site, on_ready=on_ready, drain=DRAIN_SECONDS))
 
 
 async def _serve(

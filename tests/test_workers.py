@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from chat_server.loadtest import NO_LIMITS
+from chat_server.server import LISTEN_BACKLOG
 from chat_server.supervisor import Backoff
 
 from .chat_client import Follower, stored_ids
@@ -185,3 +186,13 @@ def test_a_single_process_survives_sighup_and_says_why_it_did_not_restart(tmp_pa
         assert server.wait_ready() == pid
     finally:
         assert server.stop() == 0
+
+
+def test_each_worker_socket_listens_with_the_full_backlog(workers: ChatServer) -> None:
+    # A reconnect storm after a deploy arrives at once; asyncio's default backlog is 128.
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{workers.port}"], capture_output=True, text=True, check=True
+    ).stdout
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    backlogs = [int(line.split()[2]) for line in listing.splitlines()]
+    assert backlogs == [min(LISTEN_BACKLOG, somaxconn)] * 2

@@ -170,7 +170,12 @@ async def test_the_first_and_a_later_inbox_page_read_one_index_range(
     _no_scans(plans)
     later = await _plans(store, monkeypatch, lambda: store.inbox_page(admin, 50, following))
     _no_scans(later)
-    assert any("idx_inbox_activity" in p for p in later), later
+    # A range that starts at the position, not the user's whole index entry read from the top
+    # (MariaDB's `ref`, which skips every chat above the position).
+    inbox = [p for p in later if "FROM chat_inbox" in p]
+    assert [
+        p for p in inbox if "type=range key=idx_inbox_activity" in p or "last_message_id" in p.split("::")[1]
+    ], inbox
     # A position in the middle of equal activity (chats without messages tie at 0) is a range too.
     _no_scans(await _plans(store, monkeypatch, lambda: store.inbox_page(admin, 50, InboxPosition(0, 1500))))
 

@@ -95,6 +95,11 @@ class Store(abc.ABC):
     # Join in the order written (MariaDB's STRAIGHT_JOIN; SQLite's CROSS JOIN).
     names_first_select = "SELECT STRAIGHT_JOIN "
     names_first_join = "JOIN "
+    # The inbox read through its activity index as a range from a position. MariaDB otherwise
+    # picks, for a position near the top of a long inbox, a scan of the user's whole index entry
+    # from the top (`ref` with ORDER BY ... LIMIT), skipping every row above the position:
+    # measured 30-90 ms at 100,000 chats instead of 0.5 ms. FORCE INDEX is MySQL 8's too.
+    inbox_by_activity = "chat_inbox FORCE INDEX (idx_inbox_activity)"
     # A batch's inbox changes: the newest id is kept, unread counts are added.
     inbox_upsert = (
         " ON DUPLICATE KEY UPDATE last_message_id = GREATEST(last_message_id, VALUES(last_message_id)),"
@@ -384,7 +389,7 @@ class Store(abc.ABC):
                 condition, more = self.inbox_after(after)
                 keyset, args = " AND " + condition, [*args, *more]
             rows = await db.fetchall(
-                "SELECT chat_id, last_message_id, unread FROM chat_inbox WHERE user_id = %s"
+                f"SELECT chat_id, last_message_id, unread FROM {self.inbox_by_activity} WHERE user_id = %s"
                 + keyset
                 + " ORDER BY last_message_id DESC, chat_id DESC LIMIT %s",  # idx_inbox_activity
                 [*args, wanted + 1],
@@ -766,7 +771,7 @@ class Store(abc.ABC):
         has a newer message, so more than `limit` of them means more than `limit` messages."""
         async with self.connection() as db:
             rows = await db.fetchall(
-                "SELECT chat_id FROM chat_inbox WHERE user_id = %s AND last_message_id > %s "
+                f"SELECT chat_id FROM {self.inbox_by_activity} WHERE user_id = %s AND last_message_id > %s "
                 "ORDER BY last_message_id LIMIT %s",  # idx_inbox_activity
                 (user.id, after_id, limit),
             )

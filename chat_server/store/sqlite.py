@@ -36,6 +36,7 @@ class _SqliteDb(Db):
 
 
 class SqliteStore(Store):
+    inbox_by_activity = "chat_inbox"  # SQLite reads the row value below as a range by itself
     inbox_upsert = (
         " ON CONFLICT (chat_id, user_id) DO UPDATE SET"
         " last_message_id = MAX(last_message_id, excluded.last_message_id),"

@@ -109,6 +109,21 @@ class _MysqlDb(Db):
                 _retry_or_raise(exc, attempt, self._attempts)
         raise AssertionError("unreachable")
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Db]:
+        async with asyncio.timeout(self._timeout):
+            await self._conn.begin()
+        try:
+            yield _MysqlDb(self._conn, autocommit=False, timeout=self._timeout)
+        except BaseException as exc:
+            # Any other failure closes the connection (MysqlStore._acquire), which rolls back.
+            if _answered_by_server(exc):
+                async with asyncio.timeout(self._timeout):
+                    await self._conn.rollback()
+            raise
+        async with asyncio.timeout(self._timeout):
+            await self._conn.commit()
+
 
 def _retry_or_raise(exc: pymysql.err.OperationalError, attempt: int, attempts: int) -> None:
     if not _is_deadlock(exc) or attempt == attempts - 1:
@@ -256,19 +271,11 @@ class MysqlStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Db]:
-        async with self._acquire() as conn:
-            async with asyncio.timeout(QUERY_TIMEOUT):
-                await conn.begin()
-            try:
-                yield _MysqlDb(conn, autocommit=False, timeout=QUERY_TIMEOUT)
-            except BaseException as exc:
-                # Any other failure closes the connection (below), which rolls the transaction back.
-                if _answered_by_server(exc):
-                    async with asyncio.timeout(QUERY_TIMEOUT):
-                        await conn.rollback()
-                raise
-            async with asyncio.timeout(QUERY_TIMEOUT):
-                await conn.commit()
+        async with (
+            self._acquire() as conn,
+            _MysqlDb(conn, autocommit=True, timeout=QUERY_TIMEOUT).transaction() as db,
+        ):
+            yield db
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[aiomysql.Connection]:

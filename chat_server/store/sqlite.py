@@ -34,6 +34,16 @@ class _SqliteDb(Db):
         async with self._conn.execute(_sqlite_sql(sql), tuple(args)) as cur:
             return cur.rowcount, cur.lastrowid or 0
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Db]:
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        await self._conn.execute("COMMIT")
+
 
 class SqliteStore(Store):
     inbox_by_activity = "chat_inbox"  # SQLite reads the row value below as a range by itself
@@ -96,15 +106,8 @@ class SqliteStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Db]:
-        assert self._conn is not None, "start() first"
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _SqliteDb(self._conn)
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+        async with self.connection() as db, db.transaction() as tx:
+            yield tx
 
     async def _supports_returning(self) -> bool:
         return sqlite3.sqlite_version_info >= (3, 35)

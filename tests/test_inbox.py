@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from .chat_client import ChatClient
+from .test_legacy_history import Start, sql_time, start  # noqa: F401 - fixture
+from .test_migrate_legacy import LegacyDb, legacy_db  # noqa: F401 - fixture
 
 MakeClient = Callable[..., Awaitable[ChatClient]]
 
@@ -288,3 +291,25 @@ async def test_fifteen_hundred_customers_on_the_embedded_store(make_client: Make
     assert all(c["unread"] == 1 for p in pages for c in p if c["type"] == "dm")
     found = await page(restarted, "admin", q="c14")
     assert len(found["chats"]) == 50  # c1400 ... c1449, the default page
+
+
+async def test_messages_copied_from_the_legacy_table_are_found_by_search(
+    legacy_db: LegacyDb,  # noqa: F811 - fixture
+    start: Start,  # noqa: F811 - fixture
+) -> None:
+    first = await start(legacy_db.url)  # makes the tables (the legacy one too, on SQLite)
+    await first.login("ana")
+    await first.login("pedro")
+    await first.http.close()
+    legacy_db.insert_legacy(
+        [
+            (1, "pedro", "la factura extraviada", sql_time(-timedelta(days=3)), "cliente", None),
+            (2, "ana", "mi factura privada", sql_time(-timedelta(days=2)), "cliente", "admin"),
+        ]
+    )
+    client = await start(legacy_db.url)  # copies them in the background, then answers
+    ana = await search(client, "ana", q="factura")
+    assert [m["contenido"] for m in ana["messages"]] == ["mi factura privada", "la factura extraviada"]
+    assert all(m["id"] < 0 for m in ana["messages"])  # copied rows
+    pedro = await search(client, "pedro", q="factura")
+    assert [m["contenido"] for m in pedro["messages"]] == ["la factura extraviada"]  # not ana's DM

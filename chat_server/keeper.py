@@ -83,7 +83,7 @@ class Keeper:
 
     async def _supervise(self, name: str, work: Work) -> None:
         loop = asyncio.get_running_loop()
-        delay = self.first_delay
+        failures = 0  # in a row
         while True:
             started = loop.time()
             try:
@@ -92,7 +92,8 @@ class Keeper:
             except Exception:
                 log.exception("background task %s failed", name)
             if loop.time() - started > self.max_delay:
-                delay = self.first_delay  # it had been running fine: a new failure, not a loop
+                failures = 0  # it had been running fine: a new failure, not a loop
+            delay = min(self.max_delay, self.first_delay * 2**failures)
             pause = random.uniform(delay / 2, delay)
             log.warning("background task %s restarts in %.1f s", name, pause)
             self.down.add(name)
@@ -101,7 +102,7 @@ class Keeper:
             finally:
                 self.down.discard(name)
             self.restarts[name] += 1
-            delay = min(self.max_delay, delay * 2)
+            failures += 1
 
 
 keeper_key = web.AppKey("keeper", Keeper)

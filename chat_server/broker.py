@@ -20,6 +20,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as redis
@@ -283,7 +284,8 @@ class RedisBroker(Broker):
         if kind == "chat":
             self.hub.chat_created(event["chat"])
         elif kind == "presence":
-            self.hub.presence(event["change"], event["users"])
+            # A process of the previous version names chats, not users: tell no one (a rolling restart).
+            self.hub.presence(event["change"], event.get("users", ()))
         elif kind == "read":
             # No "partners" from a process of the previous version (a rolling restart).
             self.hub.chat_read(event["user_id"], event["marker"], event.get("partners", ()))
@@ -299,7 +301,15 @@ class RedisBroker(Broker):
             self.hub.sequencer.start(event["token"])
         elif kind == "done":
             data = event["message"]
-            self.hub.sequencer.done(event["token"], Message.from_json(data) if data else None)
+            message = Message.from_json(data) if data else None
+            if message is not None and data is not None and "members" not in data:
+                # From a process of the previous version (a rolling restart): the DM's members,
+                # which route it to per-user streams, come from the chat cache instead.
+                members: dict[int, tuple[int, ...]] = {}
+                with contextlib.suppress(Unavailable):  # then per-chat streams still get it
+                    members = await self.store.members_of([message.chat_id])
+                message = replace(message, members=members.get(message.chat_id, ()))
+            self.hub.sequencer.done(event["token"], message)
 
     async def _resync(self) -> None:
         """Announcements may have been missed: every stream resumes from the database."""

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from chat_server import jsonutil
+
 from .chat_client import ChatClient
 from .test_legacy_history import Start, sql_time, start  # noqa: F401 - fixture
 from .test_migrate_legacy import LegacyDb, legacy_db  # noqa: F401 - fixture
+from .test_scale_out import shared_redis  # noqa: F401 - fixture
 
 MakeClient = Callable[..., Awaitable[ChatClient]]
 
@@ -313,3 +316,25 @@ async def test_messages_copied_from_the_legacy_table_are_found_by_search(
     assert all(m["id"] < 0 for m in ana["messages"])  # copied rows
     pedro = await search(client, "pedro", q="factura")
     assert [m["contenido"] for m in pedro["messages"]] == ["la factura extraviada"]  # not ana's DM
+
+
+async def test_a_dm_message_announced_by_a_previous_version_reaches_per_user_streams(
+    make_client: MakeClient,
+    shared_redis: str,  # noqa: F811 - fixture
+) -> None:
+    """During a rolling restart, a process of the previous version announces messages without
+    their DM's members: the hub still routes them to the participants' per-user streams."""
+    client = await make_client(redis_url=shared_redis)
+    await client.login("ana")
+    dm = await client.dm_id("ana", "admin")
+    admin_stream = await client.open_stream({"username": "admin"})
+    ana = await client.store.get_user(username="ana")
+    assert ana is not None
+    stored = await client.store.add_message(dm, ana, "desde la versión anterior")
+    old = {"id": stored.id, **stored.to_json()}  # the API's shape: no "members"
+    broker = client.broker
+    await broker.redis.publish(broker.channel, jsonutil.dumps({"type": "start", "token": "old:1"}))
+    await broker.redis.publish(
+        broker.channel, jsonutil.dumps({"type": "done", "token": "old:1", "message": old})
+    )
+    assert await admin_stream.messages(1) == [stored.to_json()]

@@ -297,6 +297,19 @@ class LegacyMigration:
                     + ", ".join(["(%s, %s)"] * len(batch)),
                     [v for c, message_id in zip(batch, ids, strict=True) for v in (c.legacy_id, message_id)],
                 )
+                await self._show_in_inboxes(db, batch, ids)
+
+    async def _show_in_inboxes(self, db: Db, batch: Sequence[_Copy], ids: Sequence[int]) -> None:
+        """A DM without new messages lists its newest copied one in its participants' inboxes
+        (never as unread). Ids of a run follow the legacy time order, and a later run copies newer
+        rows: the last copied id of a DM in this batch is its newest."""
+        newest = {c.chat_id: message_id for c, message_id in zip(batch, ids, strict=True)}
+        newest.pop(self.store.general_id, None)  # General has no inbox rows
+        for chat_id, message_id in newest.items():
+            await db.execute(
+                "UPDATE chat_inbox SET last_message_id = %s WHERE chat_id = %s AND last_message_id <= 0",
+                (message_id, chat_id),
+            )
 
 
 async def migrate_legacy(

@@ -296,7 +296,7 @@ async def test_fifteen_hundred_customers_on_the_embedded_store(make_client: Make
     assert len(found["chats"]) == 50  # c1400 ... c1449, the default page
 
 
-async def test_messages_copied_from_the_legacy_table_are_found_by_search(
+async def test_messages_copied_from_the_legacy_table_are_found_by_search_and_listed(
     legacy_db: LegacyDb,  # noqa: F811 - fixture
     start: Start,  # noqa: F811 - fixture
 ) -> None:
@@ -316,6 +316,10 @@ async def test_messages_copied_from_the_legacy_table_are_found_by_search(
     assert all(m["id"] < 0 for m in ana["messages"])  # copied rows
     pedro = await search(client, "pedro", q="factura")
     assert [m["contenido"] for m in pedro["messages"]] == ["la factura extraviada"]  # not ana's DM
+    # Ana's DM with admin has only copied history: the inbox lists its newest message, not as new.
+    listed = (await page(client, "admin"))["chats"]
+    dm = next(c for c in listed if "ana" in {p["username"] for p in c["participants"]})
+    assert (dm["last_message"]["contenido"], dm["unread"]) == ("mi factura privada", 0)
 
 
 async def test_a_dm_message_announced_by_a_previous_version_reaches_per_user_streams(

@@ -96,7 +96,7 @@ function render(q, people, messages, words, failure) {
   items.push(heading("Mensajes"));
   if (failure) items.push(note(failure));
   else if (!words.length) items.push(note(`Escribe una palabra de ${MIN_WORD} letras o más.`));
-  else if (!messages.length) items.push(note("Ningún mensaje con esas palabras."));
+  else if (!messages.length) items.push(note("Nada escrito con esas palabras."));
   const folded = words.map(fold);
   for (const m of messages) {
     const where = chats.get(m.chat_id);

@@ -8,15 +8,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio
 
 from chat_server import jsonutil
 from chat_server.app import create_app
+from chat_server.presence import RedisPresence
+from chat_server.redis_batch import RedisBatch
 from chat_server.settings import Settings
 
 from .chat_client import WAIT, AiohttpClient, ChatClient, Stream
 from .databases import throwaway_database
-from .services import ChatServer
-from .test_scale_out import Make, process, shared_redis  # noqa: F401 - fixtures
+from .services import ChatServer, PrivateRedis
+from .test_scale_out import Make, private_redis, process, shared_redis  # noqa: F401 - fixtures
 
 
 async def next_presence(stream: Stream) -> dict[str, object]:
@@ -125,3 +128,32 @@ async def test_a_killed_process_users_go_offline_within_the_expiry(
         response.close()
     assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": False}
     assert not await online_in_admin_inbox(here, "ana")
+
+
+async def test_processes_joining_or_leaving_a_user_at_once_announce_it_exactly_once(
+    private_redis: PrivateRedis,  # noqa: F811
+) -> None:
+    """Two processes whose first streams of the same users open at the same moment: each user
+    is announced online once (not twice, not never); closing them at once, offline once."""
+    announced: list[tuple[int, bool]] = []
+
+    async def announce(user_id: int, online: bool) -> None:
+        announced.append((user_id, online))
+
+    clients = [redis.asyncio.Redis.from_url(private_redis.url) for _ in range(2)]
+    batches = [RedisBatch(client) for client in clients]
+    processes = [RedisPresence(announce, batch, "ns", f"p{i}", ttl=60) for i, batch in enumerate(batches)]
+    users = range(1, 21)
+    try:
+        await asyncio.gather(*(p._enter(u) for u in users for p in processes))
+        assert sorted(announced) == [(u, True) for u in users]
+        assert await processes[0].online(users) == set(users)
+        announced.clear()
+        await asyncio.gather(*(p._exit(u) for u in users for p in processes))
+        assert sorted(announced) == [(u, False) for u in users]
+        assert await processes[1].online(users) == set()
+    finally:
+        for presence, batch, client in zip(processes, batches, clients, strict=True):
+            await presence.close()
+            await batch.close()
+            await client.aclose()

@@ -3,7 +3,8 @@
 In-process, a count per user. With Redis, each process keeps its own counts and records
 "user U is on process P until T" in a sorted set per user, refreshed well before T; a process
 that dies stops refreshing, and whichever process sweeps the expired entry first announces the
-user offline. Changes reach the per-user streams of the user's DM partners as `event: presence`.
+user offline. Changes reach the per-user streams of the user's DM partners as `event: presence`,
+told in the background (a stream's setup does not wait for it), one user's in the order made.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,6 +35,10 @@ class Presence(abc.ABC):
         self.announce = announce
         self._local: dict[int, int] = {}  # user id -> streams open on this process
         self._leaving: set[asyncio.Task[None]] = set()  # last-stream work outliving its stream
+        # User id -> their latest announcement. A user's announcements run one after another,
+        # in the order made, so partners end with the last state even when a stream opens and
+        # closes before "online" was told.
+        self._told: dict[int, asyncio.Task[None]] = {}
 
     def online_while(self, user: User | None) -> contextlib.AbstractAsyncContextManager[None]:
         """Count the user online for the body of the block (a stream's life)."""
@@ -60,6 +66,24 @@ class Presence(abc.ABC):
         leaving.add_done_callback(self._leaving.discard)
         await asyncio.shield(leaving)
 
+    def _tell(self, user_id: int, online: bool) -> asyncio.Task[None]:
+        """Announce in the background, after the user's previous announcement. A connecting
+        stream does not wait for it: telling the partners reads the user's DMs and publishes,
+        and the stream needs neither to start."""
+        task = asyncio.create_task(self._tell_after(self._told.get(user_id), user_id, online))
+        self._told[user_id] = task
+        task.add_done_callback(functools.partial(self._told_done, user_id))
+        return task
+
+    async def _tell_after(self, previous: asyncio.Task[None] | None, user_id: int, online: bool) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        await self.announce(user_id, online)
+
+    def _told_done(self, user_id: int, task: asyncio.Task[None]) -> None:
+        if self._told.get(user_id) is task:
+            del self._told[user_id]
+
     @abc.abstractmethod
     async def online(self, user_ids: Iterable[int]) -> set[int]: ...
 
@@ -73,8 +97,10 @@ class Presence(abc.ABC):
         pass
 
     async def close(self) -> None:
-        if self._leaving:
-            await asyncio.wait(self._leaving)
+        # Announcements read the store: none outlives it.
+        pending = [*self._leaving, *self._told.values()]
+        if pending:
+            await asyncio.wait(pending)
 
 
 class LocalPresence(Presence):
@@ -82,10 +108,10 @@ class LocalPresence(Presence):
         return {u for u in user_ids if u in self._local}
 
     async def _first_stream(self, user_id: int) -> None:
-        await self.announce(user_id, True)
+        self._tell(user_id, True)
 
     async def _last_stream(self, user_id: int) -> None:
-        await self.announce(user_id, False)
+        await self._tell(user_id, False)
 
 
 class RedisPresence(Presence):
@@ -153,7 +179,7 @@ class RedisPresence(Presence):
             log.warning("presence: redis unreachable (%r)", exc)
             others = 0
         if not others:
-            await self.announce(user_id, True)
+            self._tell(user_id, True)
 
     async def _last_stream(self, user_id: int) -> None:
         def leave(pipe: Pipeline) -> None:
@@ -166,7 +192,7 @@ class RedisPresence(Presence):
             log.warning("presence: redis unreachable (%r)", exc)
             others = 0
         if not others:
-            await self.announce(user_id, False)
+            await self._tell(user_id, False)
 
     def _others(self, members: list[bytes]) -> int:
         return sum(_text(m) != self.process_id for m in members)
@@ -206,7 +232,7 @@ class RedisPresence(Presence):
                 await self.redis.zrem(self._key(int(user_id)), process_id)
                 online = await self.redis.zcount(self._key(int(user_id)), time.time(), "+inf")
             if not online:
-                await self.announce(int(user_id), False)
+                await self._tell(int(user_id), False)
 
 
 def _text(value: object) -> str:

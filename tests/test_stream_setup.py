@@ -18,6 +18,7 @@ from chat_server.settings import Settings
 
 from .chat_client import AiohttpClient, ChatClient
 from .tcp_proxy import TcpProxy
+from .test_presence import next_presence
 from .test_scale_out import shared_redis  # noqa: F401 - the fixture
 from .waiting import eventually
 
@@ -67,10 +68,10 @@ async def ana_online_for_beto(client: ChatClient) -> bool:
 # Generous for calls bounded at 0.5 s each, and shorter than an unbounded call's wait.
 REDIS_BOUND = 4.0
 
-# Where the stream's setup waits on the database when the client hangs up: announcing the user
-# online (their first stream), replaying a per-user stream (the user's DMs active since), replaying
-# one chat's missed messages.
-STAGES = ("presence", "user replay", "replay")
+# Where the stream's setup waits on the database when the client hangs up: replaying a per-user
+# stream (the user's DMs active since), replaying one chat's missed messages. (Announcing a user
+# online is not the setup's: see the next test.)
+STAGES = ("user replay", "replay")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -85,10 +86,9 @@ async def test_hanging_up_during_stream_setup_releases_its_slot_and_presence(
     await client.dm_id("beto", "ana")
     general = client.store.general_id
     await client.post(general, "to replay", "beto")
-    # Already online from another stream: the setup has no presence work to do.
-    others = [] if stage == "presence" else [await client.open_stream({"username": "ana"})]
+    others = [await client.open_stream({"username": "ana"})]
     params = {"username": "ana"} | ({"chat_id": general} if stage == "replay" else {})
-    headers = {"Last-Event-ID": "0"} if stage != "presence" else {}
+    headers = {"Last-Event-ID": "0"}
 
     proxy.stall()
     connecting = asyncio.create_task(client.http.get("/api/stream", params=params, headers=headers))
@@ -99,7 +99,7 @@ async def test_hanging_up_during_stream_setup_releases_its_slot_and_presence(
     proxy.resume()
 
     await eventually(lambda: client.hub.subscriber_count == len(others), "the stream is unsubscribed")
-    assert await ana_online_for_beto(client) == bool(others)
+    assert await ana_online_for_beto(client)
     # Its slot is free again: ana may open as many streams as the cap allows.
     while len(others) < settings.max_streams_per_user:
         others.append(await client.open_stream({"username": "ana"}))
@@ -107,6 +107,31 @@ async def test_hanging_up_during_stream_setup_releases_its_slot_and_presence(
     for stream in others:
         stream.close()
     await eventually(client.hub.is_empty, "every stream is closed")
+
+
+async def test_a_first_stream_starts_while_the_database_is_silent_and_partners_hear_later(
+    proxied_mysql: tuple[str, TcpProxy], aiohttp_client: AiohttpClient
+) -> None:
+    """Telling a user's DM partners that they came online reads the database, in the background:
+    the user's first stream does not wait for it, and the partners hear once the database
+    answers; a hang-up meanwhile leaves them told "offline" last."""
+    url, proxy = proxied_mysql
+    client = ChatClient(await aiohttp_client(create_app(Settings(database_url=url, secret="s"))))
+    ana = (await client.login("ana"))["user"]
+    await client.login("beto")
+    await client.dm_id("beto", "ana")
+    beto = await client.open_stream({"username": "beto"})
+
+    proxy.stall()
+    first = await client.open_stream({"username": "ana"})  # started: its preamble arrived
+    await eventually(lambda: proxy.held > 0, "telling beto waits on the database")
+    first.close()
+    await eventually(lambda: client.hub.subscriber_count == 1, "ana's stream is closed")
+    proxy.resume()
+    told = [await next_presence(beto), await next_presence(beto)]
+    assert [(t["user_id"], t["online"]) for t in told] == [(ana["id"], True), (ana["id"], False)]
+    assert not await ana_online_for_beto(client)
+    beto.close()
 
 
 async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_presence(

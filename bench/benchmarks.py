@@ -352,7 +352,14 @@ NOTES = """
 - **2 workers.** Fan-out is split between two processes (fan-out B improves); for many small
   chats the extra Redis round trips (every insert is announced twice, so that all processes
   release messages in one id order) cost more than the second core gives back on a machine the
-  load tool already shares.
+  load tool already shares. Measured per post at 200 posts/s: 0.74 ms of server CPU on one
+  worker without Redis, 1.17 ms with Redis, 1.67 ms over two workers (docs/scaling.md, "Where
+  the second process loses").
+- **40k streams** runs on 3 workers: each process has 20,000 open files at most here (about
+  19,900 streams), so 40,000 streams cannot fit in 2; the load tool connects from 4 loopback
+  addresses (`--source-addresses 4`), since one address has ~28,000 ports to one server port.
+- **Redis operations** per stream connect, post and disconnect, before and after batching:
+  docs/scaling.md, section 1 (`python bench/redis_ops.py`).
 """
 
 COLUMNS = (

@@ -77,10 +77,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    hub = Hub(app[settings_key].subscriber_buffer)
-    hub.general_id = app[store_key].general_id
     # Streams replay from the database up to the newest message the hub has released.
-    hub.sequencer.reset(await app[store_key].latest_message_id())
+    hub = Hub(app[settings_key].subscriber_buffer, await app[store_key].latest_message_id())
+    hub.general_id = app[store_key].general_id
     app[hub_key] = hub
     keeper, interval = app[keeper_key], app[settings_key].heartbeat_seconds
     keeper.spawn("heartbeats", lambda: hub.beat_forever(interval))
@@ -94,10 +93,14 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     broker: Broker
     if settings.redis_url:
         broker = RedisBroker(
-            app[hub_key], app[store_key], settings.redis_url, channel_for(settings.database_url)
+            app[hub_key],
+            app[store_key],
+            app[keeper_key],
+            settings.redis_url,
+            channel_for(settings.database_url),
         )
     else:
-        broker = LocalBroker(app[hub_key])
+        broker = LocalBroker(app[hub_key], app[store_key], app[keeper_key])
     await broker.start()
     app[broker_key] = broker
     yield

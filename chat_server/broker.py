@@ -1,12 +1,12 @@
-"""Announcing inserts and chat events to every process: in-process, or through Redis.
+"""Announcing stored messages and chat events to every process: in-process, or through Redis.
 
 Without REDIS_URL the `LocalBroker` feeds this process's hub directly. With it, the
-`RedisBroker` publishes every announcement on one channel and applies what it receives, its
-own included, so all processes see the same order (which the sequencer relies on); one
-subscription per process, not per stream. Redis pub/sub is at-most-once, so the database
-stays the source of truth: whenever announcements may have been missed (Redis down, a publish
-failed, the channel went silent), every process ends its streams and their EventSources
-resume from the database by Last-Event-ID.
+`RedisBroker` also publishes every announcement on one channel and applies what it receives;
+one subscription per process, not per stream. Announcements are only the fast path: order and
+completeness come from the sequencer's watermark and the database follower (see catchup.py),
+so an announcement lost to Redis (down, flapping, slow) delays a message but never loses or
+reorders it. When Redis comes back every process ends its streams, whose EventSources resume by
+Last-Event-ID, so that chats made and presence changed meanwhile are read again.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +29,7 @@ from . import jsonutil, redis_policy
 from .catchup import DatabaseFollower
 from .errors import Unavailable
 from .hub import Hub
+from .keeper import Keeper
 from .models import Chat, Message
 from .store import Store
 
@@ -44,30 +43,35 @@ HEARTBEAT_SECONDS = 2.0
 RECONNECT_DELAY = 0.5
 STARTUP_WAIT = 3.0
 
-Release = Callable[[Message], None]
-
 
 class Broker(abc.ABC):
-    def __init__(self, hub: Hub) -> None:
+    """Owns the database follower, which runs under the keeper for the broker's whole life
+    (see catchup.py), and the broker's other background tasks."""
+
+    def __init__(self, hub: Hub, store: Store, keeper: Keeper) -> None:
         self.hub = hub
+        self.store = store
+        self.keeper = keeper
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._tokens = itertools.count()
+        self.follower = DatabaseFollower(hub.sequencer, store)
+        self._task_names: set[str] = set()
         # Told the keys of login sessions that ended on any process (None: any may have, forget
         # them all); the sessions module registers here.
         self.session_listeners: list[Callable[[list[str] | None], None]] = []
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        pass
+    async def start(self) -> None:
+        self._spawn("follower", self.follower.run)
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        pass
+    async def close(self) -> None:
+        for name in self._task_names:
+            await self.keeper.stop(name)
 
     async def ping(self) -> None:  # noqa: B027 - nothing to ask in-process
         pass
 
     @abc.abstractmethod
-    def insert(self) -> contextlib.AbstractAsyncContextManager[Release]:
-        """Run one message INSERT inside this block and pass the message to what it yields."""
+    async def message_stored(self, message: Message) -> None:
+        """A message committed by this process: to this process's streams and every other's."""
 
     @abc.abstractmethod
     async def chat_created(self, chat: Chat) -> None: ...
@@ -90,24 +94,17 @@ class Broker(abc.ABC):
         for listener in self.session_listeners:
             listener(keys)
 
-    def _new_token(self) -> str:
-        return f"{self.process_id}:{next(self._tokens)}"
-
-    @asynccontextmanager
-    async def _local_insert(self, token: str) -> AsyncIterator[Release]:
-        result: list[Message] = []
-        self.hub.sequencer.start(token)
-        try:
-            yield result.append
-        finally:
-            self.hub.sequencer.done(token, result[0] if result else None)
+    def _spawn(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `work` under the keeper (restarted if it fails), unless it is running already."""
+        self._task_names.add(f"broker-{name}")
+        self.keeper.spawn(f"broker-{name}", work)
 
 
 class LocalBroker(Broker):
     """One process: announcements go straight to the hub."""
 
-    def insert(self) -> contextlib.AbstractAsyncContextManager[Release]:
-        return self._local_insert(self._new_token())
+    async def message_stored(self, message: Message) -> None:
+        self.hub.sequencer.offer(message)
 
     async def chat_created(self, chat: Chat) -> None:
         self.hub.chat_created(chat.to_json())
@@ -126,31 +123,31 @@ class LocalBroker(Broker):
 
 
 class RedisBroker(Broker):
-    """Announcements through one Redis channel; the database follower while Redis is away.
+    """Announcements through one Redis channel; the table while Redis is away.
 
-    Healthy: inserts are announced on the channel and every process applies what it hears.
-    Degraded (the subscription broke, or a publish failed): announcements are ignored and the
-    process delivers what it reads from the database, in id order (`DatabaseFollower`), while
-    it keeps trying to tell every process to resync. On `resync` (or on resubscribing), each
-    process ends its streams, which resume from the database, and is healthy again.
+    Healthy: every process publishes what it stores and applies what it hears. Degraded (the
+    subscription broke, or a publish failed): the follower reads the table often, while the
+    broker keeps trying to tell every process to resync. On `resync` (or on resubscribing),
+    each process ends its streams, which resume from the database, and is healthy again.
     """
 
-    def __init__(self, hub: Hub, store: Store, url: str, channel: str) -> None:
-        super().__init__(hub)
-        self.store = store
+    def __init__(self, hub: Hub, store: Store, keeper: Keeper, url: str, channel: str) -> None:
+        super().__init__(hub, store, keeper)
         self.channel = channel
         self.redis = redis_policy.connect(url)
         self.healthy = False
         self.resyncs = 0
-        self._follower = DatabaseFollower(hub, store)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
+        # Other processes may be inserting below the id the hub starts at: wait them out, so
+        # that no stream replays up to an id still to commit (see Sequencer).
+        await self.store.writes_settled()
+        await super().start()
         subscribed = asyncio.Event()
-        self._spawn("reader", self._read_forever(subscribed))
-        self._spawn("heartbeat", self._heartbeat_forever())
+        self._spawn("reader", lambda: self._read_forever(subscribed))
+        self._spawn("heartbeat", self._heartbeat_forever)
         # Our own announcements must come back to us before we post. If Redis is down, start
-        # degraded: the database follower delivers, and the reader resyncs once Redis answers.
+        # degraded: the follower reads the table, and the reader resyncs once Redis answers.
         try:
             async with asyncio.timeout(STARTUP_WAIT):
                 await subscribed.wait()
@@ -158,50 +155,26 @@ class RedisBroker(Broker):
             self._degrade("redis unreachable at start-up")
 
     async def close(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await super().close()
         await self.redis.aclose()
 
     async def ping(self) -> None:
         await self.redis.ping()
 
-    def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
-        running = self._tasks.get(name)
-        if running is None or running.done():
-            self._tasks[name] = asyncio.create_task(work, name=f"redis-{name}")
-        else:
-            work.close()
-
-    def _stop(self, name: str) -> None:
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-
     def _degrade(self, reason: str) -> None:
         if self.healthy:
             log.warning("redis fan-out degraded (%s): delivering from the database", reason)
         self.healthy = False
-        self._spawn("follower", self._follower.run())
-        self._spawn("resync", self._announce_resync())
+        self.follower.degraded = True
+        self._spawn("resync", self._announce_resync)
 
     # -- publishing --------------------------------------------------------------
 
-    @asynccontextmanager
-    async def insert(self) -> AsyncIterator[Release]:
-        token = self._new_token()
-        if not self.healthy or not await self._publish({"type": "start", "token": token}):
-            yield _ignore  # the database follower delivers it
-            return
-        result: list[Message] = []
-        try:
-            yield result.append
-        finally:
-            message = result[0] if result else None
-            await self._publish(
-                {"type": "done", "token": token, "message": message.announcement() if message else None}
-            )
+    async def message_stored(self, message: Message) -> None:
+        self.hub.sequencer.offer(message)
+        # "done" with a token: what a process of the previous version also understands.
+        token = f"{self.process_id}:{message.id}"
+        await self._publish({"type": "done", "token": token, "message": message.announcement()})
 
     async def chat_created(self, chat: Chat) -> None:
         data = chat.to_json()
@@ -272,7 +245,6 @@ class RedisBroker(Broker):
         heard = loop.time()
         while True:
             item = await pubsub.get_message(timeout=1.0)
-            self.hub.sequencer.expire()
             if item is not None:
                 heard = loop.time()
                 await self._apply(jsonutil.loads(item["data"]))
@@ -281,7 +253,10 @@ class RedisBroker(Broker):
 
     async def _apply(self, event: dict[str, Any]) -> None:
         kind = event["type"]
-        if kind == "chat":
+        if kind == "done":
+            if event["message"] is not None:  # None: a failed insert of the previous version
+                self.hub.sequencer.offer(await self._routed(event["message"]))
+        elif kind == "chat":
             self.hub.chat_created(event["chat"])
         elif kind == "presence":
             # A process of the previous version names chats, not users: tell no one (a rolling restart).
@@ -295,37 +270,26 @@ class RedisBroker(Broker):
             self._sessions_ended(event["keys"])
         elif kind == "resync":
             await self._resync()
-        elif not self.healthy:
-            return  # the database follower is delivering, in its own order
-        elif kind == "start":
-            self.hub.sequencer.start(event["token"])
-        elif kind == "done":
-            data = event["message"]
-            message = Message.from_json(data) if data else None
-            if message is not None and data is not None and "members" not in data:
-                # From a process of the previous version (a rolling restart): the DM's members,
-                # which route it to per-user streams, come from the chat cache instead.
-                members: dict[int, tuple[int, ...]] = {}
-                with contextlib.suppress(Unavailable):  # then per-chat streams still get it
-                    members = await self.store.members_of([message.chat_id])
-                message = replace(message, members=members.get(message.chat_id, ()))
-            self.hub.sequencer.done(event["token"], message)
+
+    async def _routed(self, data: dict[str, Any]) -> Message:
+        message = Message.from_json(data)
+        if "members" not in data:
+            # From a process of the previous version (a rolling restart): the DM's members,
+            # which route it to per-user streams, come from the chat cache instead.
+            members: dict[int, tuple[int, ...]] = {}
+            with contextlib.suppress(Unavailable):  # then per-chat streams still get it
+                members = await self.store.members_of([message.chat_id])
+            message = replace(message, members=members.get(message.chat_id, ()))
+        return message
 
     async def _resync(self) -> None:
-        """Announcements may have been missed: every stream resumes from the database."""
+        """Chat, presence and session events may have been missed: every stream resumes from
+        the database (messages never need this: the watermark only passes what was sent)."""
         self.resyncs += 1
-        released = self.hub.released_id
-        with contextlib.suppress(Unavailable):
-            released = max(released, await self.store.latest_message_id())
-        self.hub.sequencer.reset(released)
         self.hub.end_streams()
         self._sessions_ended(None)  # an ending may have been missed: sessions are read again
-        self._stop("follower")
         self.healthy = True
-
-
-def _ignore(message: Message) -> None:
-    pass
+        self.follower.degraded = False
 
 
 def channel_for(database_url: str) -> str:

@@ -1,56 +1,87 @@
-"""Following the messages table by id, for when announcements cannot be trusted.
+"""Following the messages table past the watermark, and proving missing ids absent.
 
-While Redis is unreachable, a process cannot hear other processes' inserts, nor order its
-own against theirs. It then reads new messages from the database instead, in id order, so
-its streams still get every message, in the same order as on every other process. A missing
-id is usually an insert not yet committed: wait for it, but not forever (a rolled-back insert
-leaves a gap that never fills).
+Announcements bring messages quickly, but some never come: Redis was down, or a process was
+killed between its commit and its announcement. And an id that will never commit (a failed or
+rolled-back insert) is announced by nobody. The table is the truth for both:
+
+- Reading rows past the sequencer's watermark hands it whatever was not announced.
+- A missing id below a committed one was handed out before it, so its writer had begun by the
+  time the committed one was known. Once every transaction running then has ended
+  (`Store.writes_settled`), the table shows the missing id or it never will: read again, and
+  what is still missing is proven absent. No timer decides it.
+
+While announcements are trusted the table is read only for a gap that waited `GAP_WAIT`, and
+every `POLL_HEALTHY` for announcements lost without notice; while degraded, every
+`POLL_DEGRADED`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+from typing import Protocol
 
 from .errors import Unavailable
-from .hub import Hub
-from .store import Store
+from .models import Message
+from .sequencer import Sequencer
 
-POLL_SECONDS = 0.2
-# A gap in the ids older than this is taken to be a rolled-back insert.
-GAP_TIMEOUT = 1.0
+TICK = 0.1
+POLL_DEGRADED = 0.2
+POLL_HEALTHY = 2.0
+# Concurrent inserts commit out of order, and their announcements fill such gaps within
+# milliseconds: only a gap that waits longer is worth a proof.
+GAP_WAIT = 0.5
 BATCH = 500
 
 
+class Table(Protocol):
+    """What the follower reads (`Store` provides it)."""
+
+    async def messages_after(self, after_id: int, limit: int) -> list[Message]: ...
+
+    async def writes_settled(self) -> None: ...
+
+
 class DatabaseFollower:
-    def __init__(self, hub: Hub, store: Store) -> None:
-        self.hub = hub
-        self.store = store
-        self._gap_seen: tuple[int, float] | None = None  # (missing id, first seen at)
+    def __init__(self, sequencer: Sequencer, table: Table) -> None:
+        self.sequencer = sequencer
+        self.table = table
+        self.degraded = False  # set by the broker while announcements cannot be trusted
+        self.gap_waits = 0  # proofs run: gaps that announcements did not fill in time
 
     async def run(self) -> None:
-        """Deliver new messages from the database until cancelled."""
+        """Read the table when it is due, until cancelled."""
+        loop = asyncio.get_running_loop()
+        last_read = loop.time()
         while True:
-            with contextlib.suppress(Unavailable):
-                while await self.poll_once() == BATCH:  # more may be waiting right now
-                    pass
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(TICK)
+            every = POLL_DEGRADED if self.degraded else POLL_HEALTHY
+            if self.sequencer.gap_age() < GAP_WAIT and loop.time() - last_read < every:
+                continue
+            with contextlib.suppress(Unavailable):  # the database is away: try again next time
+                await self.catch_up()
+            last_read = loop.time()
 
-    async def poll_once(self) -> int:
-        """Release what is in order now; return how many were released."""
-        released = 0
-        for message in await self.store.messages_after(self.hub.released_id, BATCH):
-            expected = self.hub.released_id + 1
-            if message.id != expected and not self._gap_expired(expected):
-                break
-            self._gap_seen = None
-            self.hub.sequencer.release(message)
-            released += 1
-        return released
+    async def catch_up(self) -> None:
+        """Offer the table's rows past the watermark; prove any id still missing below them."""
+        await self._read(upto=None)
+        top = self.sequencer.gap_below
+        if top is None:
+            return
+        self.gap_waits += 1
+        await self.table.writes_settled()
+        await self._read(upto=top)
+        self.sequencer.settle_below(top)
 
-    def _gap_expired(self, missing: int) -> bool:
-        now = time.monotonic()
-        if self._gap_seen is None or self._gap_seen[0] != missing:
-            self._gap_seen = (missing, now)
-        return now - self._gap_seen[1] > GAP_TIMEOUT
+    async def _read(self, upto: int | None) -> None:
+        """Offer rows after the watermark: all below `upto`, or (without it) while they release."""
+        sequencer = self.sequencer
+        after = sequencer.released_id
+        while True:
+            rows = await self.table.messages_after(after, BATCH)
+            sequencer.offer_all(rows)
+            if len(rows) < BATCH:
+                return
+            after = rows[-1].id
+            if (upto is not None and after >= upto) or (upto is None and sequencer.released_id < after):
+                return  # past what the proof needs, or held behind a gap that a proof settles

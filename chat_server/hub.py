@@ -190,7 +190,7 @@ class HubStats:
 
 
 class Hub:
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, released_id: int = 0) -> None:
         self.buffer = buffer
         self.stats = HubStats()
         self._by_chat: dict[int, set[Subscriber]] = {}
@@ -201,7 +201,7 @@ class Hub:
         self.general_id = 0
         self._coalescer = Coalescer()
         self._closed = False
-        self.sequencer = Sequencer(self.publish)
+        self.sequencer = Sequencer(self.publish, released_id)
 
     # -- subscribers -------------------------------------------------------------
 

@@ -1,85 +1,98 @@
-"""Releasing messages in id order although concurrent inserts commit out of order.
+"""Releasing messages in id order, each once, although concurrent inserts commit out of order.
 
-Auto-increment ids are not commit-ordered: id 11 can commit (and be announced) before id 10.
-Every insert is announced twice, `start` before the INSERT is sent and `done` after it
-committed, and every process sees all announcements in one order (in-process, or through one
-Redis channel). If id L < id H, L's INSERT got its id before H's did, so `start(L)` was
-announced before `done(H)`. Hence a message is safe to release once every insert whose start
-was seen before its done has finished; released messages go out in id order.
+Auto-increment ids are not commit-ordered: id 11 can commit (and be heard of) before id 10.
+The sequencer holds what it is offered and releases by id, with one watermark, `released_id`:
+
+    Every id up to `released_id` has been released exactly once, or is proven never to
+    commit; nothing is ever released at or below it afterwards.
+
+It moves past a missing id only when the database proved that id absent (see
+`DatabaseFollower`): never on a timer, and never because an announcement was missed. So a
+stream that replays from the database up to the watermark, then takes live messages above it,
+sees every message once and in order, whatever was lost on the way. Offers come from the
+process's own inserts, other processes' announcements and reads of the table, in any order and
+any number of times: a duplicate is dropped by id.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Callable
 
 from .models import Message
 
-# An insert not done after this long is given up on (its process died, or its `done` was lost),
-# so it cannot hold back everyone else's messages for longer.
-START_TIMEOUT = 5.0
+# Proven-absent id ranges kept to recognise a late message (which would mean a wrong proof).
+ABSENT_HISTORY = 1024
 
 
 class Sequencer:
-    def __init__(self, release: Callable[[Message], None], start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, release: Callable[[Message], None], released_id: int = 0) -> None:
         self._release_one = release
-        self.start_timeout = start_timeout
-        self.released_id = 0
-        self.late = 0  # messages released after a larger id (only past a timed-out start)
-        self._arrivals = itertools.count()
-        self._in_flight: dict[Hashable, tuple[int, float]] = {}  # token -> (arrival, started at)
-        self._waiting: list[tuple[int, int, int, Message | None]] = []  # (id, barrier, arrival, msg)
+        self.released_id = released_id
+        self.late = 0  # offers of an id proven absent: expected to stay 0
+        self.proven_absent = 0  # ids the database proved never commit (rolled back, failed)
+        self._held: dict[int, Message] = {}
+        self._heap: list[int] = []  # the held ids
+        self._absent: deque[tuple[int, int]] = deque(maxlen=ABSENT_HISTORY)  # (first, last)
+        self._gap: tuple[int, float] | None = None  # (the missing id, since when)
 
-    def start(self, token: Hashable) -> None:
-        self._in_flight[token] = (next(self._arrivals), time.monotonic())
-
-    def done(self, token: Hashable, message: Message | None) -> None:
-        """The insert of `token` finished: with its message, or with None when it failed."""
-        arrival = next(self._arrivals)
-        if self._in_flight.pop(token, None) is None and message is not None:
-            # Its start timed out (or was never seen): deliver now rather than never.
-            if message.id <= self.released_id:
+    def offer(self, message: Message) -> None:
+        """A committed message, from anywhere: released now if it is next, else held."""
+        if message.id <= self.released_id:
+            if self._was_proven_absent(message.id):
+                # Only a wrong proof gets here. Deliver rather than drop: streams past it
+                # skip it, so it is counted, and a resume from the database shows it.
                 self.late += 1
-            self._emit(message)
+                self._release_one(message)
             return
-        heapq.heappush(self._waiting, (message.id if message else -1, arrival, arrival, message))
+        if message.id in self._held:
+            return
+        self._held[message.id] = message
+        heapq.heappush(self._heap, message.id)
         self._drain()
 
-    def expire(self) -> None:
-        """Give up on inserts older than the timeout; call it periodically."""
-        deadline = time.monotonic() - self.start_timeout
-        stale = [t for t, (_, started) in self._in_flight.items() if started < deadline]
-        for token in stale:
-            del self._in_flight[token]
-        if stale:
+    def offer_all(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.offer(message)
+
+    @property
+    def gap_below(self) -> int | None:
+        """The smallest held id when an id below it is missing: what a proof must settle."""
+        return self._heap[0] if self._heap else None
+
+    def gap_age(self) -> float:
+        """Seconds the current gap has been waiting (0 without one)."""
+        return 0.0 if self._gap is None else time.monotonic() - self._gap[1]
+
+    def settle_below(self, upto: int) -> None:
+        """The database proved that no id below `upto` that is not held yet will ever commit:
+        release what is held below it and move the watermark past the rest."""
+        while self.released_id + 1 < upto:
+            nxt = self._heap[0] if self._heap else upto
+            last_absent = min(nxt, upto) - 1
+            if last_absent > self.released_id:
+                self._absent.append((self.released_id + 1, last_absent))
+                self.proven_absent += last_absent - self.released_id
+                self.released_id = last_absent
             self._drain()
-
-    def reset(self, released_id: int) -> None:
-        """Forget everything in flight (after losing the announcement channel)."""
-        self._in_flight.clear()
-        self._waiting.clear()
-        self.released_id = released_id
-
-    def release(self, message: Message) -> None:
-        """Hand over a message known to come in order (the database follower's)."""
-        self._emit(message)
+        self._drain()
 
     @property
     def idle(self) -> bool:
-        return not self._in_flight and not self._waiting
+        return not self._held
 
     def _drain(self) -> None:
-        oldest = min((a for a, _ in self._in_flight.values()), default=None)
-        while self._waiting:
-            _, barrier, _, message = self._waiting[0]
-            if oldest is not None and oldest < barrier:
-                return
-            heapq.heappop(self._waiting)
-            if message is not None:
-                self._emit(message)
+        heap = self._heap
+        while heap and heap[0] == self.released_id + 1:
+            message = self._held.pop(heapq.heappop(heap))
+            self.released_id = message.id
+            self._release_one(message)
+        if not heap:
+            self._gap = None
+        elif self._gap is None or self._gap[0] != self.released_id + 1:
+            self._gap = (self.released_id + 1, time.monotonic())
 
-    def _emit(self, message: Message) -> None:
-        self.released_id = max(self.released_id, message.id)
-        self._release_one(message)
+    def _was_proven_absent(self, message_id: int) -> bool:
+        return any(first <= message_id <= last for first, last in self._absent)

@@ -50,9 +50,8 @@ async def post_message(app: web.Application, chat: Chat, sender: User, contenido
     a stored message must reach its subscribers."""
 
     async def store_and_publish() -> Message:
-        async with app[broker_key].insert() as release:
-            message = await app[store_key].add_message(chat.id, sender, contenido)
-            release(message)
+        message = await app[store_key].add_message(chat.id, sender, contenido)
+        await app[broker_key].message_stored(message)
         return message
 
     return await _shield(store_and_publish())

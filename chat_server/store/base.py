@@ -143,6 +143,13 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
+    async def writes_settled(self) -> None:
+        """Return once every write that had begun when called has committed or rolled back.
+
+        The ordering proof (see `DatabaseFollower`): an id missing below a committed one was
+        handed out earlier, so once its writer has ended, the table shows it or never will."""
+
+    @abc.abstractmethod
     async def _supports_returning(self) -> bool:
         """Whether INSERT ... RETURNING gives back the ids of a multi-row insert."""
 

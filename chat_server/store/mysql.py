@@ -40,6 +40,19 @@ POOL_RECYCLE = 280
 ER_LOCK_DEADLOCK = 1213
 ER_LOCK_WAIT_TIMEOUT = 1205
 SEED_TABLES = ("usuarios", "chats", "chat_participants", "mensajes_v2", "mensajes")
+# information_schema's InnoDB tables are a cache refreshed at most every 0.1 s: read this long
+# after the caller's observation, it shows every transaction that was running at that moment.
+TRX_CACHE_AGE = 0.15
+SETTLE_POLL = 0.05
+# Without the PROCESS privilege INNODB_TRX cannot be read: then a write gets this long instead.
+SETTLE_WITHOUT_PRIVILEGE = 5.0
+ER_SPECIFIC_ACCESS_DENIED = 1227
+# Transactions on this database that began at or before a moment and have not ended.
+_WRITES_RUNNING = (
+    "SELECT COUNT(*) FROM information_schema.INNODB_TRX t "
+    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+    "WHERE p.DB = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID() AND t.trx_started <= %s"
+)
 
 
 @dataclass(frozen=True)
@@ -300,6 +313,29 @@ class MysqlStore(Store):
             raise
         finally:
             self._pool.release(conn)
+
+    async def writes_settled(self) -> None:
+        """Wait out every transaction on this database that is running now, as the server
+        sees it (a process killed mid-insert: until the server has rolled it back or committed)."""
+        await asyncio.sleep(TRX_CACHE_AGE)
+        cutoff: Any = None
+        while True:
+            async with self.connection() as db:
+                if cutoff is None:
+                    cutoff = (await db.fetchall("SELECT NOW()"))[0][0]
+                try:
+                    row = await db.fetchone(_WRITES_RUNNING, (cutoff,))
+                except pymysql.err.OperationalError as exc:
+                    if exc.args[0] != ER_SPECIFIC_ACCESS_DENIED:
+                        raise
+                    row = None
+            if row is None:
+                log.warning("no PROCESS privilege to read INNODB_TRX: waiting %ss", SETTLE_WITHOUT_PRIVILEGE)
+                await asyncio.sleep(SETTLE_WITHOUT_PRIVILEGE)
+                return
+            if not row[0]:
+                return
+            await asyncio.sleep(SETTLE_POLL)  # the server has no event for "a transaction ended"
 
     async def _supports_returning(self) -> bool:
         assert self.dialect is not None, "migrate() first"

@@ -109,6 +109,12 @@ class SqliteStore(Store):
         async with self.connection() as db, db.transaction() as tx:
             yield tx
 
+    async def writes_settled(self) -> None:
+        # One process, one connection, one statement at a time: once the lock is ours, every
+        # write that had begun has ended.
+        async with self._lock:
+            pass
+
     async def _supports_returning(self) -> bool:
         return sqlite3.sqlite_version_info >= (3, 35)
 

@@ -9,6 +9,7 @@ stream must get the held message, before the larger one, once it commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,9 +22,12 @@ import redis.asyncio as redis
 
 from chat_server.app import create_app
 from chat_server.broker import channel_for
+from chat_server.catchup import DatabaseFollower
+from chat_server.sequencer import Sequencer
 from chat_server.settings import Settings
+from chat_server.store.mysql import MysqlStore
 
-from .chat_client import AiohttpClient, ChatClient, Follower
+from .chat_client import WAIT, AiohttpClient, ChatClient, Follower
 from .databases import HOST, PORT, throwaway_database
 from .services import PrivateRedis
 from .test_scale_out import SHARED_REDIS
@@ -151,11 +155,7 @@ async def test_a_resync_does_not_move_past_an_insert_in_flight(
     ana = await follow(session, b, username="ana", last_event_id=0)
     slow = await held_post(a, gate, dm)
     fast = await b.post(b.store.general_id, "fast", "beto")
-    channel = redis.from_url(SHARED_REDIS)
-    try:
-        await channel.publish(channel_for(database_url), json.dumps({"type": "resync"}))
-    finally:
-        await channel.aclose()
+    await resync(b, SHARED_REDIS, database_url)
     await eventually(lambda: ana.connects >= 2, "the stream resumed after the resync")
     gate.open()
     held = await slow
@@ -181,20 +181,73 @@ async def test_the_follower_waits_for_a_commit_slower_than_a_second(
 
 
 async def test_an_insert_begun_while_degraded_and_committed_after_the_resync_is_delivered(
-    process: Make, session: aiohttp.ClientSession, gate: Gate, tmp_path: Path
+    process: Make, gate: Gate, database_url: str, tmp_path: Path
 ) -> None:
     """Was: an insert begun while Redis was down was never announced, and the resync moved the
     watermark past its id, so committing after it delivered it to no stream."""
     with PrivateRedis(tmp_path) as private:
         a, b, dm = await two_processes(process, private.url, gate)
-        ana = await follow(session, b, username="ana", last_event_id=0)
         private.stop()
         await eventually(lambda: not a.broker.healthy and not b.broker.healthy, "both read the table")
         slow = await held_post(a, gate, dm)
         fast = await b.post(b.store.general_id, "fast", "beto")
         private.start()
         await eventually(lambda: a.broker.healthy and b.broker.healthy, "both use Redis again")
+        await resync(b, private.url, database_url)  # and so every resync before it is over
+        ana = await b.open_stream({"username": "ana", "last_event_id": 0})
         gate.open()
         held = await slow
-        assert await ana.wait_for(2) == [held["id"], fast["id"]]
-        await ana.stop()
+        received = await asyncio.wait_for(ana.messages(2), WAIT)  # heartbeats alone never end it
+        assert [m["id"] for m in received] == [held["id"], fast["id"]]
+
+
+async def resync(client: ChatClient, redis_url: str, database_url: str) -> None:
+    """Announce a resync, as a process coming back does, and wait until `client` applied it."""
+    before = client.broker.resyncs
+    channel = redis.from_url(redis_url)
+    try:
+        await channel.publish(channel_for(database_url), json.dumps({"type": "resync"}))
+    finally:
+        await channel.aclose()
+    await eventually(lambda: client.broker.resyncs > before, "the resync was applied")
+
+
+async def test_the_follower_proves_a_rolled_back_id_absent_and_waits_for_an_open_one(
+    database_url: str, gate: Gate
+) -> None:
+    """On MariaDB itself: an id whose transaction is open holds the watermark, however long;
+    an id whose transaction rolled back is proven absent, and what follows it goes out."""
+    store = MysqlStore(database_url)
+    await store.start()
+    try:
+        released: list[int] = []
+        sequencer = Sequencer(lambda m: released.append(m.id), await store.latest_message_id())
+        follower = DatabaseFollower(sequencer, store)
+        general = store.general_id
+        admin = await store.get_user(username="admin")
+        assert admin is not None
+        gate.close()
+        held = asyncio.create_task(store.add_message(general, admin, f"{GATE} open"))
+        await eventually(gate.holding, "the insert waits at the gate")
+        row = (general, admin.id, "text", "2026-01-01 00:00:00")
+        with contextlib.suppress(RolledBack):
+            async with store.transaction() as db:
+                await store.insert_messages(db, [row])
+                raise RolledBack
+        async with store.connection() as db:
+            (after,) = await store.insert_messages(db, [row])
+        catching_up = asyncio.create_task(follower.catch_up())
+        await asyncio.sleep(1.5)  # longer than any timeout the old follower had
+        assert released == []
+        assert not catching_up.done()
+        gate.open()
+        first = await held
+        await catching_up
+        assert released == [first.id, after]
+        assert sequencer.proven_absent == 1
+    finally:
+        await store.close()
+
+
+class RolledBack(Exception):
+    pass

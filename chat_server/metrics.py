@@ -90,6 +90,27 @@ class ChatCollector:
             buckets=latency.cumulative(),
             sum_value=latency.sum,
         )
+        sequencer = hub.sequencer
+        yield CounterMetricFamily(
+            "chat_late_releases",
+            "Messages released below the watermark (a wrong proof of absence): expected 0",
+            sequencer.late,
+        )
+        yield CounterMetricFamily(
+            "chat_ids_proven_absent",
+            "Message ids the database proved will never commit",
+            sequencer.proven_absent,
+        )
+        yield CounterMetricFamily(
+            "chat_follower_gap_waits",
+            "Gaps in the ids that announcements did not fill, settled from the database",
+            broker.follower.gap_waits,
+        )
+        yield CounterMetricFamily(
+            "chat_broker_resyncs",
+            "Times this process ended its streams after the Redis channel came back",
+            broker.resyncs if isinstance(broker, RedisBroker) else 0,
+        )
         healthy = broker.healthy if isinstance(broker, RedisBroker) else True
         yield GaugeMetricFamily(
             "chat_broker_healthy", "1 while fan-out goes through the broker, 0 while degraded", healthy

@@ -84,6 +84,9 @@ async def test_metrics_parse_and_move_when_messages_flow(client: ChatClient) -> 
         "chat_slow_consumer_disconnects_total",
         "chat_replayed_messages_total",
         "chat_publish_to_write_seconds_count",
+        "chat_late_releases_total",
+        "chat_follower_gap_waits_total",
+        "chat_broker_resyncs_total",
     ):
         assert value(before, name) == 0, name
     assert value(before, "chat_open_streams") == 0

@@ -39,7 +39,7 @@ class Table(Protocol):
 
     async def messages_after(self, after_id: int, limit: int) -> list[Message]: ...
 
-    async def writes_settled(self) -> None: ...
+    async def writes_settled(self, after_id: int, below_id: int) -> None: ...
 
 
 class DatabaseFollower:
@@ -69,7 +69,7 @@ class DatabaseFollower:
         if top is None:
             return
         self.gap_waits += 1
-        await self.table.writes_settled()
+        await self.table.writes_settled(self.sequencer.released_id, top)
         await self._read(upto=top)
         self.sequencer.settle_below(top)
 

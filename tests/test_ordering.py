@@ -128,7 +128,7 @@ class Table:
         await Pause()  # the answer is read now and arrives later: commits may happen meanwhile
         return found
 
-    async def writes_settled(self) -> None:
+    async def writes_settled(self, after_id: int, below_id: int) -> None:
         waiting = set(self.running)
         while waiting & set(self.running):
             await Pause()

@@ -39,36 +39,55 @@ GATE = "gated"  # messages starting with this wait in the database until the tes
 
 class Gate:
     """A trigger that holds every INSERT of a message starting with GATE, after its id is
-    handed out and before it commits, while the test holds the gate's lock."""
+    handed out and before it commits, while the test holds a row lock. (A row lock: the server
+    goes on waiting when the client gives up, as it does for a statement stalled in the
+    database, and commits when the lock is free. A user lock's wait would end with the client.)"""
 
     def __init__(self, database: str) -> None:
         self.database = database
-        self.lock = f"gate_{database}"[:64]
         self.conn: pymysql.connections.Connection | None = None
+        self.holder: pymysql.connections.Connection | None = None
 
     def close(self) -> None:
         """Hold back gated inserts from now on (the app must have made the schema)."""
-        self.conn = pymysql.connect(
-            host=HOST, port=PORT, user="root", database=self.database, autocommit=True
-        )
+        self.conn = self._connect(autocommit=True)
+        self._sql("CREATE TABLE IF NOT EXISTS test_gate (id INT PRIMARY KEY, n INT NOT NULL)")
+        self._sql("INSERT IGNORE INTO test_gate VALUES (1, 0)")
         self._sql(
             "CREATE TRIGGER IF NOT EXISTS test_gate AFTER INSERT ON mensajes_v2 FOR EACH ROW "
             f"BEGIN IF NEW.contenido LIKE '{GATE}%' THEN "
-            f"DO GET_LOCK('{self.lock}', 60); DO RELEASE_LOCK('{self.lock}'); END IF; END"
+            "UPDATE test_gate SET n = n + 1 WHERE id = 1; END IF; END"
         )
-        self._sql(f"SELECT GET_LOCK('{self.lock}', 5)")
+        self.holder = self._connect(autocommit=False)
+        with self.holder.cursor() as cur:
+            cur.execute("SELECT n FROM test_gate WHERE id = 1 FOR UPDATE")
 
     def open(self) -> None:
-        if self.conn is not None:
-            self._sql(f"SELECT RELEASE_LOCK('{self.lock}')")
+        if self.holder is not None:
+            self.holder.commit()
 
     def holding(self) -> bool:
         """Whether an insert waits at the gate (its id handed out, not committed)."""
-        waiting = (
+        waiting = (  # PROCESSLIST, live (INNODB_TRX is a cache that frequent reads keep stale)
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-            "WHERE STATE = 'User lock' AND DB = DATABASE()"
+            "WHERE DB = DATABASE() AND INFO LIKE 'UPDATE test_gate%'"
         )
         return bool(self._sql(waiting)[0][0])
+
+    def committed(self) -> int | None:
+        """The id of the gated message, once committed."""
+        rows = self._sql(f"SELECT id FROM mensajes_v2 WHERE contenido LIKE '{GATE}%'")
+        return int(rows[0][0]) if rows else None
+
+    def shut(self) -> None:
+        for conn in (self.holder, self.conn):
+            if conn is not None:
+                conn.close()
+
+    def _connect(self, *, autocommit: bool) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host=HOST, port=PORT, user="root", database=self.database, autocommit=autocommit
+        )
 
     def _sql(self, sql: str) -> tuple[tuple[Any, ...], ...]:
         assert self.conn is not None
@@ -103,8 +122,7 @@ def gate(database_url: str) -> Iterator[Gate]:
     gate = Gate(database_url.rsplit("/", 1)[-1])
     yield gate
     gate.open()
-    if gate.conn is not None:
-        gate.conn.close()
+    gate.shut()
 
 
 async def follow(session: aiohttp.ClientSession, client: ChatClient, **params: object) -> Follower:
@@ -113,20 +131,34 @@ async def follow(session: aiohttp.ClientSession, client: ChatClient, **params: o
     return follower
 
 
-async def held_post(a: ChatClient, gate: Gate, chat_id: int) -> asyncio.Task[dict[str, Any]]:
-    """A post on `a` whose insert waits at the closed gate, its id handed out."""
-    task = asyncio.create_task(a.post(chat_id, f"{GATE} message", "ana"))
+async def held_post(a: ChatClient, gate: Gate, chat_id: int) -> asyncio.Task[Any]:
+    """A post on `a` whose insert waits at the closed gate, its id handed out. (To General: its
+    INSERT commits by itself, also after the client gave up; a DM's runs in a transaction
+    that a client gone rolls back.)"""
+    body = {"chat_id": chat_id, "contenido": f"{GATE} message", "username": "ana"}
+    task = asyncio.create_task(a.call("POST", "/api/messages", json=body))
     await eventually(gate.holding, "the insert waits at the gate")
     return task
 
 
-async def two_processes(process: Make, redis_url: str, gate: Gate) -> tuple[ChatClient, ChatClient, int]:
-    """Processes a and b, ana's DM with admin, and the gate closed."""
+async def let_through(gate: Gate, post: asyncio.Task[Any]) -> int:
+    """Open the gate; the held message's id once it committed. Its post answered 201, or 503
+    if the statement outlived the store's bound (the row commits all the same)."""
+    gate.open()
+    await eventually(lambda: gate.committed() is not None, "the held insert committed")
+    answer = await post
+    held = gate.committed()
+    assert held is not None
+    assert "error" in answer or answer["message"]["id"] == held
+    return held
+
+
+async def two_processes(process: Make, redis_url: str, gate: Gate) -> tuple[ChatClient, ChatClient]:
+    """Processes a and b, ana known, and the gate closed."""
     a, b = await process(redis_url), await process(redis_url)
     await a.login("ana")
-    dm = await a.dm_id("ana", "admin")
     gate.close()
-    return a, b, dm
+    return a, b
 
 
 async def test_an_insert_slower_than_any_timeout_is_still_delivered_first(
@@ -134,16 +166,15 @@ async def test_an_insert_slower_than_any_timeout_is_still_delivered_first(
 ) -> None:
     """Was: a start not done in 5 s was given up, the larger id released, and the slow message
     sent later, below the watermark (after a larger id, or not at all past a stream's floor)."""
-    a, b, dm = await two_processes(process, SHARED_REDIS, gate)
+    a, b = await two_processes(process, SHARED_REDIS, gate)
     ana = await follow(session, b, username="ana", last_event_id=0)
-    slow = await held_post(a, gate, dm)
+    slow = await held_post(a, gate, a.store.general_id)
     fast = await b.post(b.store.general_id, "fast", "beto")
     await asyncio.sleep(5.5)  # the insert stays open longer than the old start timeout
-    dm_stream = await follow(session, b, chat_id=dm, username="admin", last_event_id=0)
-    gate.open()
-    held = await slow
-    assert await ana.wait_for(2) == [held["id"], fast["id"]]
-    assert await dm_stream.wait_for(1) == [held["id"]]
+    general = await follow(session, b, chat_id=b.store.general_id, last_event_id=0)
+    held = await let_through(gate, slow)
+    assert await ana.wait_for(2) == [held, fast["id"]]
+    assert await general.wait_for(2) == [held, fast["id"]]
 
 
 async def test_a_resync_does_not_move_past_an_insert_in_flight(
@@ -151,15 +182,14 @@ async def test_a_resync_does_not_move_past_an_insert_in_flight(
 ) -> None:
     """Was: a resync forgot the inserts in flight and jumped the watermark to the newest id,
     so the message committed after it was sent below every stream's floor."""
-    a, b, dm = await two_processes(process, SHARED_REDIS, gate)
+    a, b = await two_processes(process, SHARED_REDIS, gate)
     ana = await follow(session, b, username="ana", last_event_id=0)
-    slow = await held_post(a, gate, dm)
+    slow = await held_post(a, gate, a.store.general_id)
     fast = await b.post(b.store.general_id, "fast", "beto")
     await resync(b, SHARED_REDIS, database_url)
     await eventually(lambda: ana.connects >= 2, "the stream resumed after the resync")
-    gate.open()
-    held = await slow
-    assert await ana.wait_for(2) == [held["id"], fast["id"]]
+    held = await let_through(gate, slow)
+    assert await ana.wait_for(2) == [held, fast["id"]]
 
 
 async def test_the_follower_waits_for_a_commit_slower_than_a_second(
@@ -167,16 +197,15 @@ async def test_the_follower_waits_for_a_commit_slower_than_a_second(
 ) -> None:
     """Was: with Redis down, the database follower took an id missing for 1 s as rolled back."""
     with PrivateRedis(tmp_path) as private:
-        a, b, dm = await two_processes(process, private.url, gate)
+        a, b = await two_processes(process, private.url, gate)
         ana = await follow(session, b, username="ana", last_event_id=0)
         private.stop()
         await eventually(lambda: not a.broker.healthy and not b.broker.healthy, "both read the table")
-        slow = await held_post(a, gate, dm)
+        slow = await held_post(a, gate, a.store.general_id)
         fast = await b.post(b.store.general_id, "fast", "beto")
         await asyncio.sleep(1.5)  # the insert stays open longer than the old gap timeout
-        gate.open()
-        held = await slow
-        assert await ana.wait_for(2) == [held["id"], fast["id"]]
+        held = await let_through(gate, slow)
+        assert await ana.wait_for(2) == [held, fast["id"]]
         await ana.stop()
 
 
@@ -186,19 +215,18 @@ async def test_an_insert_begun_while_degraded_and_committed_after_the_resync_is_
     """Was: an insert begun while Redis was down was never announced, and the resync moved the
     watermark past its id, so committing after it delivered it to no stream."""
     with PrivateRedis(tmp_path) as private:
-        a, b, dm = await two_processes(process, private.url, gate)
+        a, b = await two_processes(process, private.url, gate)
         private.stop()
         await eventually(lambda: not a.broker.healthy and not b.broker.healthy, "both read the table")
-        slow = await held_post(a, gate, dm)
+        slow = await held_post(a, gate, a.store.general_id)
         fast = await b.post(b.store.general_id, "fast", "beto")
         private.start()
         await eventually(lambda: a.broker.healthy and b.broker.healthy, "both use Redis again")
         await resync(b, private.url, database_url)  # and so every resync before it is over
         ana = await b.open_stream({"username": "ana", "last_event_id": 0})
-        gate.open()
-        held = await slow
+        held = await let_through(gate, slow)
         received = await asyncio.wait_for(ana.messages(2), WAIT)  # heartbeats alone never end it
-        assert [m["id"] for m in received] == [held["id"], fast["id"]]
+        assert [m["id"] for m in received] == [held, fast["id"]]
 
 
 async def resync(client: ChatClient, redis_url: str, database_url: str) -> None:
@@ -229,6 +257,7 @@ async def test_the_follower_proves_a_rolled_back_id_absent_and_waits_for_an_open
         gate.close()
         held = asyncio.create_task(store.add_message(general, admin, f"{GATE} open"))
         await eventually(gate.holding, "the insert waits at the gate")
+        held.add_done_callback(lambda task: task.exception())  # 503 past the store's bound
         row = (general, admin.id, "text", "2026-01-01 00:00:00")
         with contextlib.suppress(RolledBack):
             async with store.transaction() as db:
@@ -241,9 +270,8 @@ async def test_the_follower_proves_a_rolled_back_id_absent_and_waits_for_an_open
         assert released == []
         assert not catching_up.done()
         gate.open()
-        first = await held
         await catching_up
-        assert released == [first.id, after]
+        assert released == [gate.committed(), after]
         assert sequencer.proven_absent == 1
     finally:
         await store.close()

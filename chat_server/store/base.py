@@ -143,11 +143,10 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def writes_settled(self) -> None:
-        """Return once every write that had begun when called has committed or rolled back.
-
-        The ordering proof (see `DatabaseFollower`): an id missing below a committed one was
-        handed out earlier, so once its writer has ended, the table shows it or never will."""
+    async def writes_settled(self, after_id: int, below_id: int) -> None:
+        """Return once no write that had begun when called can still commit an id in
+        (after_id, below_id). The ordering proof (see `DatabaseFollower`): an id missing below
+        a committed one was handed out earlier, so then the table shows it or never will."""
 
     @abc.abstractmethod
     async def _supports_returning(self) -> bool:

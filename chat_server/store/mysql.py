@@ -40,19 +40,17 @@ POOL_RECYCLE = 280
 ER_LOCK_DEADLOCK = 1213
 ER_LOCK_WAIT_TIMEOUT = 1205
 SEED_TABLES = ("usuarios", "chats", "chat_participants", "mensajes_v2", "mensajes")
-# information_schema's InnoDB tables are a cache refreshed at most every 0.1 s: read this long
-# after the caller's observation, it shows every transaction that was running at that moment.
-TRX_CACHE_AGE = 0.15
-SETTLE_POLL = 0.05
-# Without the PROCESS privilege INNODB_TRX cannot be read: then a write gets this long instead.
-SETTLE_WITHOUT_PRIVILEGE = 5.0
-ER_SPECIFIC_ACCESS_DENIED = 1227
-# Transactions on this database that began at or before a moment and have not ended.
-_WRITES_RUNNING = (
-    "SELECT COUNT(*) FROM information_schema.INNODB_TRX t "
-    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-    "WHERE p.DB = DATABASE() AND t.trx_mysql_thread_id <> CONNECTION_ID() AND t.trx_started <= %s"
+# Statements running on this database, and for how long (PROCESSLIST is read live, unlike the
+# InnoDB tables of information_schema, whose cache is not refreshed while it is read often).
+_STATEMENTS_RUNNING = (
+    "SELECT ID, {elapsed} FROM information_schema.PROCESSLIST "
+    "WHERE DB = DATABASE() AND COMMAND NOT IN ('Sleep', 'Daemon') AND ID <> CONNECTION_ID()"
 )
+SETTLE_POLL = 0.05
+# A thread whose statement has run at least this much less than expected runs a newer one.
+# Erring long only waits longer.
+SETTLE_SLACK_MS = 250.0
+ER_BAD_FIELD = 1054
 
 
 @dataclass(frozen=True)
@@ -314,28 +312,44 @@ class MysqlStore(Store):
         finally:
             self._pool.release(conn)
 
-    async def writes_settled(self) -> None:
-        """Wait out every transaction on this database that is running now, as the server
-        sees it (a process killed mid-insert: until the server has rolled it back or committed)."""
-        await asyncio.sleep(TRX_CACHE_AGE)
-        cutoff: Any = None
-        while True:
-            async with self.connection() as db:
-                if cutoff is None:
-                    cutoff = (await db.fetchall("SELECT NOW()"))[0][0]
-                try:
-                    row = await db.fetchone(_WRITES_RUNNING, (cutoff,))
-                except pymysql.err.OperationalError as exc:
-                    if exc.args[0] != ER_SPECIFIC_ACCESS_DENIED:
-                        raise
-                    row = None
-            if row is None:
-                log.warning("no PROCESS privilege to read INNODB_TRX: waiting %ss", SETTLE_WITHOUT_PRIVILEGE)
-                await asyncio.sleep(SETTLE_WITHOUT_PRIVILEGE)
-                return
-            if not row[0]:
-                return
-            await asyncio.sleep(SETTLE_POLL)  # the server has no event for "a transaction ended"
+    async def writes_settled(self, after_id: int, below_id: int) -> None:
+        """Wait until no write that had begun can still commit an id in (after_id, below_id).
+
+        An id is handed out inside an INSERT statement, before its row is in the index. So:
+        first every statement running now ends (PROCESSLIST, live); then a locking read of the
+        range waits for the rows that are in the index but not committed (an open transaction,
+        its statement over). Nothing else can add an id there: later statements get larger ids."""
+        loop = asyncio.get_running_loop()
+        waiting: dict[int, float] | None = None  # thread -> how long its statement had run
+        taken = 0.0
+        while waiting is None or waiting:
+            running, now = await self._statements_running(), loop.time()
+            if waiting is None:
+                waiting, taken = running, now
+            else:
+                elapsed = (now - taken) * 1000
+                waiting = {
+                    thread: ms
+                    for thread, ms in waiting.items()
+                    if running.get(thread, -1.0) >= ms + elapsed - SETTLE_SLACK_MS
+                }
+            if waiting:
+                await asyncio.sleep(SETTLE_POLL)  # the server has no event for "a statement ended"
+        async with self.connection() as db:
+            await db.fetchall(
+                "SELECT id FROM mensajes_v2 WHERE id > %s AND id < %s LOCK IN SHARE MODE",  # PRIMARY
+                (after_id, below_id),
+            )
+
+    async def _statements_running(self) -> dict[int, float]:
+        async with self.connection() as db:
+            try:
+                rows = await db.fetchall(_STATEMENTS_RUNNING.format(elapsed="TIME_MS"))
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] != ER_BAD_FIELD:
+                    raise
+                rows = await db.fetchall(_STATEMENTS_RUNNING.format(elapsed="TIME * 1000"))  # MySQL
+        return {int(thread): float(ms) for thread, ms in rows}
 
     async def _supports_returning(self) -> bool:
         assert self.dialect is not None, "migrate() first"

@@ -109,7 +109,7 @@ class SqliteStore(Store):
         async with self.connection() as db, db.transaction() as tx:
             yield tx
 
-    async def writes_settled(self) -> None:
+    async def writes_settled(self, after_id: int, below_id: int) -> None:
         # One process, one connection, one statement at a time: once the lock is ours, every
         # write that had begun has ended.
         async with self._lock:

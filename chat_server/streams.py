@@ -52,7 +52,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         hub.subscribe(chat_ids, user_id) as sub,
         request.app[sessions_key].streaming(request.get(request_session_key), sub),
     ):
-        upto = sub.floor = hub.released_id
+        upto = hub.released_id
+        # A client that comes from another process may be ahead of this one's watermark: it has
+        # everything up to its Last-Event-ID, so nothing up to there is sent again.
+        sub.floor = max(upto, last_id or 0)
         first = [PREAMBLE]
         if last_id is not None and last_id < upto:
             first.extend(await _replay(request, sub, viewer, last_id, upto))

@@ -7,6 +7,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 import pytest
+import redis.asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat_server.app import create_app
@@ -17,7 +18,7 @@ from .chat_client import WAIT, AiohttpClient, ChatClient
 from .services import PrivateRedis
 from .tcp_proxy import TcpProxy
 from .test_limits import make_process  # noqa: F401 - the fixture
-from .test_scale_out import private_redis  # noqa: F401 - the fixture
+from .test_scale_out import private_redis, shared_redis  # noqa: F401 - the fixtures
 from .waiting import eventually
 
 MakeClient = Callable[..., Awaitable[ChatClient]]
@@ -174,3 +175,26 @@ async def test_a_failed_background_task_is_restarted_and_counted_and_not_ready_m
     assert keeper.running("flaky")
     await keeper.stop("flaky")
     assert not keeper.running("flaky")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_redis_reader_killed_by_a_bad_announcement_is_restarted_and_not_ready_meanwhile(
+    make_process: MakeClient,  # noqa: F811
+    shared_redis: str,  # noqa: F811
+) -> None:
+    client = await make_process(shared_redis)
+    keeper = client.app[keeper_key]
+    keeper.first_delay = 2.0  # long enough to be seen down
+    await readyz_until(client, 200)
+    # Anyone who can publish on the channel can send what the reader does not expect.
+    async with redis.asyncio.from_url(shared_redis) as other:
+        await other.publish(client.broker.channel, b"not json")
+    down = await readyz_until(client, 503)
+    assert down["down"] == ["broker-reader"]
+    await readyz_until(client, 200)
+    assert value(await scrape(client), "chat_background_task_restarts_total", task="broker-reader") == 1
+    # The restarted reader hears announcements again: a post reaches a stream.
+    stream = await client.open_stream({"chat_id": client.store.general_id})
+    sent = await client.post(client.store.general_id, "after the restart")
+    assert await stream.messages(1) == [sent]
+    stream.close()

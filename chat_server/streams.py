@@ -1,8 +1,7 @@
 """GET /api/stream: Server-Sent Events for one chat, or for every chat of one user.
 
 Order of work on connect (no gap, no duplicate): subscribe to the hub first, so live events
-buffer (a per-user stream reads its chats only then, so a DM made meanwhile is not missed);
-read the missed messages from the database up to the hub's released id; write them;
+buffer; read the missed messages from the database up to the hub's released id; write them;
 then write live events, which all have larger ids.
 """
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import redis.asyncio as redis
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from . import jsonutil, redis_policy
 from .catchup import DatabaseFollower
@@ -203,26 +202,26 @@ class RedisBroker(Broker):
 
     async def _publish(self, event: dict[str, Any]) -> bool:
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
+            async with redis_policy.bounded(PUBLISH_TIMEOUT):
                 await self.redis.publish(self.channel, jsonutil.dumps(event))
             return True
-        except (RedisError, OSError, TimeoutError) as exc:
+        except redis_policy.FAILURES as exc:
             self._degrade(f"publish failed: {exc}")
             return False
 
     async def _announce_resync(self) -> None:
         """Once Redis answers again, tell every process (this one included) to resync."""
         while True:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                async with asyncio.timeout(PUBLISH_TIMEOUT):
+            with contextlib.suppress(*redis_policy.FAILURES):
+                async with redis_policy.bounded(PUBLISH_TIMEOUT):
                     await self.redis.publish(self.channel, b'{"type":"resync"}')
                 return
             await asyncio.sleep(RECONNECT_DELAY)
 
     async def _heartbeat_forever(self) -> None:
         while True:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                async with asyncio.timeout(PUBLISH_TIMEOUT):
+            with contextlib.suppress(*redis_policy.FAILURES):
+                async with redis_policy.bounded(PUBLISH_TIMEOUT):
                     await self.redis.publish(self.channel, b'{"type":"hb"}')
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
@@ -236,10 +235,10 @@ class RedisBroker(Broker):
                 await self._resync()
                 subscribed.set()
                 await self._read(pubsub)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except redis_policy.FAILURES as exc:
                 self._degrade(f"subscription lost: {exc}")
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*redis_policy.FAILURES):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(RECONNECT_DELAY)
 

@@ -5,7 +5,8 @@ A Redis that stops answering (a network stall) is not a refused connection: redi
 timeout per attempt, times its retries, would hold a request for many seconds. Every call is
 bounded by `bounded()` instead, and its failure is handled where the call is made: limits and
 presence fail open (this process's own counts decide: a stream or a post never waits on
-Redis), the broker degrades to delivering from the database.
+Redis), the broker degrades to delivering from the database (its publishes get a longer bound,
+`broker.PUBLISH_TIMEOUT`, since giving one up degrades every process).
 """
 
 from __future__ import annotations

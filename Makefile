@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt bench clean migrate-legacy
+.PHONY: run test lint fmt bench chaos clean migrate-legacy
 
 run: $(RUN_STAMP)
 	mkdir -p data && $(PY) run.py
@@ -24,6 +24,11 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/benchmarks.py $(if $(SCENARIO),--only "$(SCENARIO)")
+
+# Faults at seeded random times against two server processes; CHAOS_SEED=N repeats a run's
+# schedule (make test runs a short one with a fixed seed).
+chaos: $(STAMP)
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-180} CHAOS_SEED=$${CHAOS_SEED:-random} $(PY) -m pytest tests/test_chaos.py -q -s
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis artifacts

@@ -50,7 +50,9 @@ class Gate:
 
     def close(self) -> None:
         """Hold back gated inserts from now on (the app must have made the schema)."""
-        self.conn = self._connect(autocommit=True)
+        if self.conn is None:
+            self.conn = self._connect(autocommit=True)
+            self.holder = self._connect(autocommit=False)
         self._sql("CREATE TABLE IF NOT EXISTS test_gate (id INT PRIMARY KEY, n INT NOT NULL)")
         self._sql("INSERT IGNORE INTO test_gate VALUES (1, 0)")
         self._sql(
@@ -58,7 +60,7 @@ class Gate:
             f"BEGIN IF NEW.contenido LIKE '{GATE}%' THEN "
             "UPDATE test_gate SET n = n + 1 WHERE id = 1; END IF; END"
         )
-        self.holder = self._connect(autocommit=False)
+        assert self.holder is not None
         with self.holder.cursor() as cur:
             cur.execute("SELECT n FROM test_gate WHERE id = 1 FOR UPDATE")
 

@@ -68,22 +68,33 @@ class Coalescer:
 
 
 class Subscriber:
-    """One open stream: the chats it follows and the events waiting to be written."""
+    """One open stream: the chats it follows, and how its events reach its socket.
+
+    Invariant: events reach the socket in the order they were pushed (id order, as the hub
+    releases them), each once. The hub writes an event straight to the socket (coalesced per
+    loop turn) only while the stream is *caught up*: attached to its socket, nothing buffered,
+    and no batch of its own being written (its pump is waiting in `next_batch`). Otherwise the
+    event is buffered, and the stream's pump writes it after whatever it is writing. Messages
+    at or below the floor (sent by the stream's replay, or before its Last-Event-ID) are skipped.
+
+    The stream changes this state only through `start_live`, `attach`, `next_batch` and
+    `abort`; the hub through `push`, `beat` and `close`.
+    """
 
     # Slots, lists made only when needed and a bare future: an idle stream costs little.
     __slots__ = (
         "_buffer",
+        "_caught_up",
+        "_chunked",
         "_coalescer",
+        "_floor",
         "_outbox",
+        "_transport",
         "_waiter",
         "chats",
-        "chunked",
         "closed",
-        "direct",
-        "floor",
         "limit",
         "overflowed",
-        "transport",
         "user_id",
     )
 
@@ -95,20 +106,35 @@ class Subscriber:
         self.limit = limit
         self.closed = False
         self.overflowed = False
-        # Set by the stream once its response has started: direct writes go to this socket,
-        # but only while `direct` (never during the replay, which must come first).
-        self.transport: asyncio.Transport | None = None
-        self.chunked = True
-        self.direct = False
-        # Messages up to this id were (or will be) sent by the stream's replay: skip them live.
-        self.floor = 0
+        self._transport: asyncio.Transport | None = None
+        self._chunked = True
+        self._caught_up = False  # the pump waits in next_batch, with nothing left to write
+        self._floor = 0
         self._buffer: list[Event] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._outbox: list[bytes] | None = None  # direct writes of this loop turn
         self._coalescer = coalescer
 
+    def start_live(self, floor: int) -> None:
+        """Live messages from above `floor` on: the stream sends the rest itself (its replay),
+        also those that arrived since it subscribed."""
+        self._floor = floor
+        if self._buffer:
+            self._buffer = [e for e in self._buffer if e.id is None or e.id > floor]
+
+    def attach(self, transport: asyncio.Transport | None, chunked: bool) -> None:
+        """The response has started on this socket (HTTP/1.1 chunked, or bare frames)."""
+        self._transport = transport
+        self._chunked = chunked
+
+    def abort(self) -> None:
+        """Drop the connection at once (a peer that stopped reading: closing would wait on it)."""
+        self.close()
+        if self._transport is not None:
+            self._transport.abort()
+
     def push(self, event: Event) -> bool:
-        if self.closed or (event.id is not None and event.id <= self.floor):
+        if self.closed or (event.id is not None and event.id <= self._floor):
             return False
         if self._write_direct(event):
             return True
@@ -117,9 +143,7 @@ class Subscriber:
             buffer = self._buffer = []
         if len(buffer) >= self.limit:
             self.overflowed = True
-            self.close()
-            if self.transport is not None:
-                self.transport.abort()  # it may be stuck in a write to a peer that stopped reading
+            self.abort()  # it may be stuck in a write to a peer that stopped reading
             return False
         buffer.append(event)
         self._wake()
@@ -128,8 +152,8 @@ class Subscriber:
     def _write_direct(self, event: Event) -> bool:
         """Write to the socket (at the end of this loop turn), when caught up and the socket is
         not backed up."""
-        transport = self.transport
-        if not self.direct or transport is None or self._buffer:
+        transport = self._transport
+        if not self._caught_up or transport is None or self._buffer:
             return False
         if transport.is_closing():
             self.close()
@@ -139,7 +163,7 @@ class Subscriber:
             return False
         if transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
             return False
-        data = event.chunk if self.chunked else event.frame
+        data = event.chunk if self._chunked else event.frame
         if outbox is None:
             self._outbox = [data]
             self._coalescer.add(self)
@@ -149,7 +173,7 @@ class Subscriber:
 
     def flush(self) -> None:
         outbox, self._outbox = self._outbox, None
-        transport = self.transport
+        transport = self._transport
         if outbox and transport is not None and not transport.is_closing():
             transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
 
@@ -168,7 +192,9 @@ class Subscriber:
             waiter.set_result(None)
 
     async def next_batch(self) -> list[Event]:
-        """Everything waiting, as soon as there is something; [] once closed."""
+        """Everything waiting, as soon as there is something; [] once closed. The caller has
+        written all it got before: until this returns a batch, the hub may write directly."""
+        self._caught_up = True
         if not self._buffer and not self.closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -176,6 +202,8 @@ class Subscriber:
             finally:
                 self._waiter = None
         batch, self._buffer = self._buffer or [], None
+        if batch:
+            self._caught_up = False  # the caller writes it: direct writes would overtake it
         return batch
 
 

@@ -54,15 +54,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
         upto = hub.released_id
         # A client that comes from another process may be ahead of this one's watermark: it has
         # everything up to its Last-Event-ID, so nothing up to there is sent again.
-        sub.floor = max(upto, last_id or 0)
+        sub.start_live(max(upto, last_id or 0))
         first = [PREAMBLE]
         if last_id is not None and last_id < upto:
             first.extend(await _replay(request, sub, viewer, last_id, upto))
         response = web.StreamResponse(headers=HEADERS)
         await response.prepare(request)
-        sub.transport = request.transport
         # HTTP/1.1 streams are chunked; an HTTP/1.0 client gets the bare frames.
-        sub.chunked = response.headers.get("Transfer-Encoding") == "chunked"
+        sub.attach(request.transport, chunked=response.headers.get("Transfer-Encoding") == "chunked")
         with contextlib.suppress(ConnectionResetError):
             await _write(response, sub, b"".join(first))
             await _pump(response, sub, hub.stats.write_latency)
@@ -89,13 +88,10 @@ async def _pump(response: web.StreamResponse, sub: Subscriber, latency: Histogra
     """Write what the hub could not write directly, until closed or overflowed. (While the
     stream is caught up, the hub writes events and heartbeats to the socket itself.)"""
     while True:
-        # Once all that waited is written, the hub may write to the socket directly.
-        sub.direct = True
         batch = await sub.next_batch()
         if sub.overflowed:
             return
         if batch:
-            sub.direct = False
             await _write(response, sub, b"".join(e.frame for e in batch))
             written = time.monotonic()
             for event in batch:
@@ -112,8 +108,7 @@ async def _write(response: web.StreamResponse, sub: Subscriber, data: bytes) -> 
     except TimeoutError:
         # Aborted, not closed: closing would wait to flush to a peer that reads nothing, and
         # aiohttp's end of the response would block on it again.
-        if sub.transport is not None:
-            sub.transport.abort()
+        sub.abort()
         raise ConnectionResetError("peer stopped reading") from None
 
 

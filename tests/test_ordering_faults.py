@@ -48,11 +48,11 @@ class Gate:
         self.conn: pymysql.connections.Connection | None = None
         self.holder: pymysql.connections.Connection | None = None
 
-    def close(self) -> None:
-        """Hold back gated inserts from now on (the app must have made the schema)."""
-        if self.conn is None:
-            self.conn = self._connect(autocommit=True)
-            self.holder = self._connect(autocommit=False)
+    def install(self) -> None:
+        """The trigger (the app must have made the schema). DDL waits for every transaction on
+        the table, and holds back every statement meanwhile: best done before traffic."""
+        self.conn = self._connect(autocommit=True)
+        self.holder = self._connect(autocommit=False)
         self._sql("CREATE TABLE IF NOT EXISTS test_gate (id INT PRIMARY KEY, n INT NOT NULL)")
         self._sql("INSERT IGNORE INTO test_gate VALUES (1, 0)")
         self._sql(
@@ -60,6 +60,11 @@ class Gate:
             f"BEGIN IF NEW.contenido LIKE '{GATE}%' THEN "
             "UPDATE test_gate SET n = n + 1 WHERE id = 1; END IF; END"
         )
+
+    def close(self) -> None:
+        """Hold back gated inserts from now on."""
+        if self.conn is None:
+            self.install()
         assert self.holder is not None
         with self.holder.cursor() as cur:
             cur.execute("SELECT n FROM test_gate WHERE id = 1 FOR UPDATE")

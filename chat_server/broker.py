@@ -41,7 +41,8 @@ PUBLISH_TIMEOUT = 1.0
 HEARTBEAT_SECONDS = 2.0
 RECONNECT_DELAY = 0.5
 STARTUP_WAIT = 3.0
-STARTUP_WINDOW = 100_000
+STARTUP_WINDOW = 20_000
+STARTUP_SETTLE_ATTEMPTS = 3
 
 
 class Broker(abc.ABC):
@@ -143,7 +144,13 @@ class RedisBroker(Broker):
         # that no stream replays up to an id still to commit (see Sequencer). Ids in flight are
         # the newest few thousand (lanes x batch x processes): the window covers them.
         start = self.hub.released_id
-        await self.store.writes_settled(max(0, start - STARTUP_WINDOW), start + 1)
+        for attempt in range(STARTUP_SETTLE_ATTEMPTS):
+            try:
+                await self.store.writes_settled(max(0, start - STARTUP_WINDOW), start + 1)
+                break
+            except Unavailable:
+                if attempt == STARTUP_SETTLE_ATTEMPTS - 1:
+                    log.warning("could not settle the ids below %d at start: streams may miss one", start)
         await super().start()
         subscribed = asyncio.Event()
         self._spawn("reader", lambda: self._read_forever(subscribed))

@@ -33,9 +33,9 @@ PER_CONNECT = {"multi": 2, "exec": 2, "zremrangebyscore": 1, "zadd": 3, "zcard":
 PER_CONNECT |= {"zrangebyscore": 1, "publish": 1}
 CONNECT_ROUND_TRIPS = 3
 # Per post (rate limits on): the address's counter, then the user's (one transaction each: the
-# address is checked before the user is known), and the announcements (at most start and done).
-PER_POST = {"multi": 2, "exec": 2, "incrby": 2, "pexpire": 2, "publish": 2}
-POST_ROUND_TRIPS = 4
+# address is checked before the user is known), and the message's one announcement.
+PER_POST = {"multi": 2, "exec": 2, "incrby": 2, "pexpire": 2, "publish": 1}
+POST_ROUND_TRIPS = 3
 # Per disconnect: the presence leave (one transaction: "I left", "anyone else?"), the
 # announcement, the slot's drop.
 PER_DISCONNECT = {"multi": 2, "exec": 2, "zrem": 3, "zrangebyscore": 1, "publish": 1}

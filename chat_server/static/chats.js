@@ -33,6 +33,11 @@ let readSent = new Map(); // chat id -> highest marker the server confirmed
 let readPending = new Map();
 let readTimer = null;
 let reloadTimer = null;
+// Presence heard on the stream, newest per user, numbered: a list read while it was heard may
+// be older than it (a reconnect reads the list while partners' streams come back), so a list
+// applied later keeps what was heard after it was asked for.
+let presenceHeard = new Map(); // user id -> {online, at}
+let presenceClock = 0;
 
 on("logout", () => {
   clearTimeout(readTimer);
@@ -46,6 +51,7 @@ on("logout", () => {
   readPending = new Map();
   readTimer = null;
   reloadTimer = null;
+  presenceHeard = new Map();
   list.replaceChildren();
 });
 on("typing", () => render());
@@ -78,11 +84,12 @@ export function newestSeen() {
 /** The first page of the list (again, after a reconnect or a chat heard of on the stream). */
 export async function load() {
   const generation = currentGeneration();
+  const asked = presenceClock;
   const answer = await api("GET", `/api/chats?limit=${PAGE}`);
   if (!isCurrent(generation)) return;
   // The first time, the next page starts after this one; later, after the deepest page loaded.
   if (!listLoaded) nextCursor = answer.next_cursor;
-  applyChatList(answer.chats);
+  applyChatList(answer.chats, asked);
 }
 
 /** The next page, when the list is scrolled near its end (or does not fill the pane yet). */
@@ -90,11 +97,12 @@ async function loadMore() {
   if (loadingMore || nextCursor === null || !listLoaded) return;
   loadingMore = true;
   const generation = currentGeneration();
+  const asked = presenceClock;
   try {
     const answer = await api("GET", `/api/chats?limit=${PAGE}&cursor=${encodeURIComponent(nextCursor)}`);
     if (!isCurrent(generation)) return;
     nextCursor = answer.next_cursor;
-    applyChatList(answer.chats);
+    applyChatList(answer.chats, asked);
   } catch (err) {
     await handleAuth(err); // otherwise the next scroll asks again
   } finally {
@@ -120,8 +128,9 @@ function reloadSoon() {
   reloadTimer = setTimeout(() => load().catch(handleAuth), RELOAD_DELAY_MS);
 }
 
-/** Merge chats of the server's list, keeping what the stream counted since it was read. */
-function applyChatList(answer) {
+/** Merge chats of the server's list, keeping what the stream counted since it was read and who
+it said came or went since the list was asked for (`asked`, the presence clock then). */
+function applyChatList(answer, asked = presenceClock) {
   const next = new Map(chats);
   const toMark = [];
   for (const c of answer) {
@@ -130,6 +139,10 @@ function applyChatList(answer) {
     if (old && old.seen > chat.seen) {
       // The stream brought messages after this list was read: keep what they counted.
       Object.assign(chat, { last_message: old.last_message, unread: old.unread, seen: old.seen });
+    }
+    for (const p of chat.participants) {
+      const heard = presenceHeard.get(p.id);
+      if (heard && heard.at > asked) p.online = heard.online;
     }
     if (chat.unread > 0 && isReading(chat.id)) toMark.push(chat);
     next.set(chat.id, chat);
@@ -164,6 +177,7 @@ function chatFromApi(c, lastRead) {
 /** Someone came or went (`event: presence`). */
 export function presence(change) {
   if (!change) return;
+  presenceHeard.set(change.user_id, { online: Boolean(change.online), at: ++presenceClock });
   for (const chat of chats.values()) {
     for (const p of chat.participants) if (p.id === change.user_id) p.online = Boolean(change.online);
   }

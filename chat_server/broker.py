@@ -138,6 +138,9 @@ class RedisBroker(Broker):
         self.redis = redis_policy.connect(url)
         self.healthy = False
         self.resyncs = 0
+        self.messages_heard = 0  # message announcements of other processes applied here
+        # What only this process's own message announcements hold (see `message_stored`).
+        self._own_token = b'"token":"%b:' % self.process_id.encode()
 
     async def start(self) -> None:
         # Other processes may be inserting below the id the hub starts at: wait them out, so
@@ -254,16 +257,22 @@ class RedisBroker(Broker):
         heard = loop.time()
         while True:
             item = await pubsub.get_message(timeout=1.0)
-            if item is not None:
-                heard = loop.time()
-                await self._apply(jsonutil.loads(item["data"]))
-            elif loop.time() - heard > 3 * HEARTBEAT_SECONDS:
-                raise TimeoutError("no heartbeat on the redis channel")
+            if item is None:
+                if loop.time() - heard > 3 * HEARTBEAT_SECONDS:
+                    raise TimeoutError("no heartbeat on the redis channel")
+                continue
+            heard = loop.time()
+            data = item["data"]
+            # Our own messages were offered when stored: not decoded again (with N processes,
+            # 1/N of what every process hears).
+            if self._own_token not in data:
+                await self._apply(jsonutil.loads(data))
 
     async def _apply(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "done":
             if event["message"] is not None:  # None: a failed insert of the previous version
+                self.messages_heard += 1
                 self.hub.sequencer.offer(await self._routed(event["message"]))
         elif kind == "chat":
             self.hub.chat_created(event["chat"])

@@ -111,6 +111,11 @@ class ChatCollector:
             "Times this process ended its streams after the Redis channel came back",
             broker.resyncs if isinstance(broker, RedisBroker) else 0,
         )
+        yield CounterMetricFamily(
+            "chat_broker_messages_heard",
+            "Messages stored by other processes whose announcements this process applied",
+            broker.messages_heard if isinstance(broker, RedisBroker) else 0,
+        )
         healthy = broker.healthy if isinstance(broker, RedisBroker) else True
         yield GaugeMetricFamily(
             "chat_broker_healthy", "1 while fan-out goes through the broker, 0 while degraded", healthy

@@ -148,3 +148,20 @@ async def test_redis_stopped_and_restarted_loses_nothing_on_either_process(
     finally:
         for follower in followers:
             await follower.stop()
+
+
+async def test_a_process_does_not_decode_its_own_message_announcements(
+    process: Make, shared_redis: str
+) -> None:
+    """Each process hears every announcement on the channel, its own included: its own messages
+    were offered when stored, so only the other processes' are decoded and applied."""
+    a, b = await process(shared_redis), await process(shared_redis)
+    general = a.store.general_id
+    on_a, on_b = await a.open_stream({"chat_id": general}), await b.open_stream({"chat_id": general})
+    from_a = [await a.post(general, f"desde A {n}", "ana") for n in range(3)]
+    assert await on_b.messages(3) == from_a
+    # Redis delivers one channel in publish order: once A has B's message, it has heard its own.
+    from_b = await b.post(general, "desde B", "beto")
+    assert await on_a.messages(4) == [*from_a, from_b]
+    assert await on_b.messages(1) == [from_b]
+    assert (a.broker.messages_heard, b.broker.messages_heard) == (1, 3)

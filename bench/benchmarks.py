@@ -3,7 +3,9 @@
 Each scenario starts a fresh server process (`python run.py`) on a MariaDB database, drives it
 with the project's load tool (`python -m chat_server.loadtest`), and records the tool's JSON
 summary. The history scenario fills a table of 1,000,000 messages and times the latest page.
-The results are written to docs/benchmarks.md (and the raw summaries to artifacts/bench/).
+The results are written to docs/benchmarks.md, and every scenario's summary (with when it was measured) to
+docs/benchmarks.json: a run of some scenarios (`--only`) keeps the other rows as they were measured.
+The "Reading the figures" section of docs/benchmarks.md is written by hand and kept as it is.
 
     python bench/benchmarks.py [--only NAME ...] [--mysql mysql://root@127.0.0.1:3306] [--redis redis://...]
 
@@ -38,6 +40,8 @@ from chat_server.loadtest import NO_LIMITS
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "bench"
 REPORT = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "docs" / "benchmarks.json"
+NOTES_HEADING = "## Reading the figures"
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ def run_scenario(scenario: Scenario, mysql: str, redis_url: str) -> dict[str, An
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout else {}
         summary["exit_code"] = done.returncode
+        summary["measured_at"] = _now()
         summary["bench_seconds"] = round(time.monotonic() - started, 1)
         summary["command"] = "python -m chat_server.loadtest " + " ".join(
             f"--{k} {v}" for k, v in scenario.args.items()
@@ -288,13 +293,16 @@ def _inbox_lines(figures: dict[str, Any]) -> list[str]:
         f"**inbox**: the admin of {inbox.CUSTOMERS:,} customers, each with a DM of {inbox.PER_DM} messages"
         f" ({inbox.CUSTOMERS * inbox.PER_DM:,} messages), loaded in bulk; sequential requests on one"
         " keep-alive connection (bench/inbox_scenario.py). Targets: pages and name search p99 ≤ 20 ms,"
-        " message search p99 ≤ 100 ms, stream connect and delivery ≤ 50 ms. Figures p50 / p99 / max in ms.",
+        " message search p99 ≤ 100 ms, stream connect and delivery ≤ 50 ms. Figures p50 / p99 / max in ms"
+        f" (measured {figures.get('measured_at', '')}).",
         "",
         "| Store | First page | Later pages (whole inbox) | Name search | Message search | Stream connect"
         " to first byte | Delivery to the admin's stream | Memory per admin stream | Load / start-up |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for store, f in figures.items():
+        if not isinstance(f, dict):
+            continue  # measured_at
         lines.append(
             f"| {store} | {q('first_page_ms', f)} | {q('later_pages_ms', f)} ({f['dms_walked']:,} DMs) |"
             f" {q('name_search_ms', f)} | {q('message_search_ms', f)} ({f['message_search_hits']:.1f} hits) |"
@@ -328,40 +336,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory}, {platform.system()} {platform.release()}"
 
 
-# Where the time goes, from profiles taken while writing the fast path (kept with the report
-# because the table alone does not say why a figure is what it is).
-NOTES = """
-## Reading the figures
-
-- **Same machine.** The load tool, MariaDB and the server share 2 cores; the tool's CPU column
-  says how much of them it took. Latency is measured from the start of the POST to receipt.
-- **fan-out C (10,000 streams on one chat) misses its 100 ms p99.** Profile: the server's
-  `chat_publish_to_write_seconds` histogram (from `/metrics`) puts the fan-out of one message to
-  10,000 sockets at about 98 ms, 10 µs a socket, nearly all of it the `send()` system call on
-  loopback (the publisher writes each socket directly, once, with no coroutine woken per
-  stream); the readers on the same 2 cores add the rest. Two things were measured to matter and
-  are in: raised garbage-collector thresholds (p99 313 ms -> about 120 ms: a collection walking
-  hundreds of thousands of stream objects used to land in the middle of a fan-out) and the load
-  tool's Protocol-based reader. Beyond that, one process cannot write 10,000 sockets faster here;
-  more cores with `--workers N` (each worker writes its own share of the sockets) is the way.
-- **posting.** Concurrent posts share one `INSERT ... RETURNING` (group commit) and each stream
-  gets the messages of one loop turn in one `send()`. The delivery latencies in that row are the
-  load tool's: 100 streams x 2,300 messages/s is over 200,000 deliveries a second for it to
-  parse on the cores the server uses; the targets of that scenario are stored messages/s and post
-  latency.
-- **2 workers.** Fan-out is split between two processes (fan-out B improves); for many small
-  chats the extra Redis round trips (every insert is announced twice, so that all processes
-  release messages in one id order) cost more than the second core gives back on a machine the
-  load tool already shares. Measured per post at 200 posts/s: 0.74 ms of server CPU on one
-  worker without Redis, 1.17 ms with Redis, 1.67 ms over two workers (docs/scaling.md, "Where
-  the second process loses").
-- **40k streams** runs on 3 workers: each process has 20,000 open files at most here (about
-  19,900 streams), so 40,000 streams cannot fit in 2; the load tool connects from 4 loopback
-  addresses (`--source-addresses 4`), since one address has ~28,000 ports to one server port.
-- **Redis operations** per stream connect, post and disconnect, before and after batching:
-  docs/scaling.md, section 1 (`python bench/redis_ops.py`).
-"""
-
 COLUMNS = (
     "Scenario",
     "Target",
@@ -374,6 +348,7 @@ COLUMNS = (
     "Server RSS growth per stream",
     "Server CPU",
     "Load tool CPU (busiest process)",
+    "Measured (UTC)",
 )
 
 
@@ -389,7 +364,7 @@ def _quantiles(figures: dict[str, Any] | None) -> str:
 def _cells(scenario: Scenario, s: dict[str, Any]) -> list[str]:
     head = [f"**{scenario.name}**: {scenario.what}", scenario.target]
     if "error" in s:
-        return [*head, "failed: see artifacts/bench", *[""] * (len(COLUMNS) - 3)]
+        return [*head, "failed: see artifacts/bench", *[""] * (len(COLUMNS) - 4), s.get("measured_at", "")]
     streams = s.get("streams_connected", 0)
     rss = ""
     if s.get("server_rss_after_mb") is not None and streams:
@@ -406,22 +381,25 @@ def _cells(scenario: Scenario, s: dict[str, Any]) -> list[str]:
         rss,
         "" if server_cpu is None else f"{server_cpu}%",
         f"{s.get('loadtest_cpu_percent_of_wall')}% ({s.get('loadtest_busiest_process_cpu_percent')}%)",
+        s.get("measured_at", ""),
     ]
 
 
 def render(
-    results: dict[str, dict[str, Any]], history: dict[str, Any] | None, inbox_figures: dict[str, Any] | None
+    results: dict[str, dict[str, Any]],
+    history: dict[str, Any] | None,
+    inbox_figures: dict[str, Any] | None,
+    notes: str,
 ) -> str:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmarks",
         "",
         "Regenerated by `make bench` (`python bench/benchmarks.py`): each scenario starts a fresh server",
         "(`python run.py`, MariaDB store, one process unless stated) and drives it with the project's",
         "load tool on the same machine; the tool's own CPU use is shown to tell whether it was the",
-        "bottleneck. Raw JSON summaries: `artifacts/bench/`.",
+        "bottleneck. Each row says when it was measured; the summaries are in `docs/benchmarks.json`",
+        "(server logs of the last run: `artifacts/bench/`).",
         "",
-        f"- Date: {now}",
         f"- Machine: {machine()}",
         f"- Python {platform.python_version()}, MariaDB and Redis on loopback",
         "",
@@ -435,12 +413,12 @@ def render(
             f"**history**: latest 50 of one chat in a table of {HISTORY_ROWS:,} messages over"
             f" {HISTORY_CHATS:,} chats, {history['queries']:,} sequential `GET /api/messages?chat_id=…`"
             " over one keep-alive connection (target p99 ≤ 5 ms): "
-            f"p50 {history['p50']} ms, p99 {history['p99']} ms, max {history['max']} ms.",
+            f"p50 {history['p50']} ms, p99 {history['p99']} ms, max {history['max']} ms"
+            f" (measured {history.get('measured_at', 'on 2026-11-26')}).",
         ]
     if inbox_figures:
         lines += _inbox_lines(inbox_figures)
-    lines.append(NOTES)
-    lines += ["## Commands", ""]
+    lines += ["", notes.strip(), "", "## Commands", ""]
     for scenario in SCENARIOS:
         if scenario.name in results:
             command = results[scenario.name].get("command")
@@ -448,8 +426,22 @@ def render(
             lines.append(
                 f"- {scenario.name}: `{command}`" + (f" (server: {server})" if scenario.workers > 1 else "")
             )
+    lines.append("- inbox: `make bench SCENARIO=inbox` (`python bench/benchmarks.py --only inbox`)")
     lines.append("")
     return "\n".join(lines)
+
+
+def hand_written_notes(report: str) -> str:
+    """The report's "Reading the figures" section, up to its commands: kept as written."""
+    start = report.find(NOTES_HEADING)
+    if start < 0:
+        return NOTES_HEADING + "\n"
+    end = report.find("## Commands", start)
+    return report[start : end if end >= 0 else len(report)]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def main() -> None:
@@ -462,8 +454,7 @@ def main() -> None:
     args = parser.parse_args()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     wanted = set(args.only or [s.name for s in SCENARIOS] + ["history", "inbox"])
-    results_file = ARTIFACTS / "results.json"
-    saved = json.loads(results_file.read_text()) if results_file.exists() else {}
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results: dict[str, dict[str, Any]] = saved.get("scenarios", {})
     history = saved.get("history")
     inbox_figures = saved.get("inbox")
@@ -475,14 +466,16 @@ def main() -> None:
     if "history" in wanted:
         print("bench: history ...", file=sys.stderr, flush=True)
         history = run_history(args.mysql)
+        history["measured_at"] = _now()
         print(json.dumps(history), file=sys.stderr, flush=True)
     if "inbox" in wanted:
-        inbox_figures = run_inbox(args.mysql)
+        inbox_figures = {**run_inbox(args.mysql), "measured_at": _now()}
         print(json.dumps(inbox_figures), file=sys.stderr, flush=True)
-    results_file.write_text(
-        json.dumps({"scenarios": results, "history": history, "inbox": inbox_figures}, indent=1)
+    RESULTS.write_text(
+        json.dumps({"scenarios": results, "history": history, "inbox": inbox_figures}, indent=1) + "\n"
     )
-    REPORT.write_text(render(results, history, inbox_figures))
+    notes = hand_written_notes(REPORT.read_text() if REPORT.exists() else "")
+    REPORT.write_text(render(results, history, inbox_figures, notes))
     print(f"bench: wrote {REPORT}", file=sys.stderr)
 
 

@@ -30,6 +30,14 @@ from .sse import HEARTBEAT, encode_event
 
 # A socket with more than this waiting in user space is backed up: queue instead of writing.
 DIRECT_WRITE_LIMIT = 64 * 1024
+# Heartbeats: every stream is looked at each BEAT_PASS of the interval, and gets a heartbeat only
+# if nothing was written to it since its last look; so an idle stream gets one every other pass
+# and a busy one none. A pass goes BEAT_SLICE streams per loop turn (one turn writing to 20,000
+# sockets stalled every post and delivery for 100+ ms), its slices spread over BEAT_SPREAD of the
+# interval. A stream is silent at most (2 * BEAT_PASS + BEAT_SPREAD) * interval = the interval.
+BEAT_PASS = 0.4
+BEAT_SPREAD = 0.2
+BEAT_SLICE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +86,8 @@ class Subscriber:
     at or below the floor (sent by the stream's replay, or before its Last-Event-ID) are skipped.
 
     The stream changes this state only through `start_live`, `attach`, `next_batch` and
-    `abort`; the hub through `push`, `beat` and `close`.
+    `abort`; the hub through `push`, `beat` and `close`. A stream was *written to* since the
+    last `beat` if anything reached its socket then (it starts so: its preamble is written).
     """
 
     # Slots, lists made only when needed and a bare future: an idle stream costs little.
@@ -91,6 +100,7 @@ class Subscriber:
         "_outbox",
         "_transport",
         "_waiter",
+        "_written",
         "chats",
         "closed",
         "limit",
@@ -114,6 +124,7 @@ class Subscriber:
         self._waiter: asyncio.Future[None] | None = None
         self._outbox: list[bytes] | None = None  # direct writes of this loop turn
         self._coalescer = coalescer
+        self._written = True  # since the last beat (a new stream writes its preamble)
 
     def start_live(self, floor: int) -> None:
         """Live messages from above `floor` on: the stream sends the rest itself (its replay),
@@ -176,10 +187,15 @@ class Subscriber:
         transport = self._transport
         if outbox and transport is not None and not transport.is_closing():
             transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+            self._written = True
 
-    def beat(self, heartbeat: Event) -> None:
-        """A heartbeat for a caught-up stream (a busy one is writing anyway)."""
-        self._write_direct(heartbeat)
+    def beat(self, heartbeat: Event) -> bool:
+        """A heartbeat for a caught-up stream that nothing was written to since the last beat (a
+        busy one is writing anyway); whether it got one."""
+        if self._written:
+            self._written = False
+            return False
+        return not self.closed and self._write_direct(heartbeat)
 
     def close(self) -> None:
         if not self.closed:
@@ -204,6 +220,7 @@ class Subscriber:
         batch, self._buffer = self._buffer or [], None
         if batch:
             self._caught_up = False  # the caller writes it: direct writes would overtake it
+            self._written = True
         return batch
 
 
@@ -212,6 +229,7 @@ class HubStats:
     published: int = 0
     deliveries: int = 0
     slow_disconnects: int = 0
+    heartbeats: int = 0
     replayed: int = 0  # messages sent from the database on (re)connect
     # Release to socket write, per delivery: written in the fan-out, or later by the stream.
     write_latency: Histogram = field(default_factory=Histogram)
@@ -220,6 +238,7 @@ class HubStats:
 class Hub:
     def __init__(self, buffer: int, released_id: int = 0) -> None:
         self.buffer = buffer
+        self.beat_slice = BEAT_SLICE
         self.stats = HubStats()
         self._by_chat: dict[int, set[Subscriber]] = {}
         self._by_user: dict[int, set[Subscriber]] = {}  # per-user streams, by their user
@@ -281,12 +300,28 @@ class Hub:
         self.end_streams()
 
     async def beat_forever(self, interval: float) -> None:
-        """Heartbeats for every idle stream from one task, so idle streams need no timers."""
-        beat = Event(None, HEARTBEAT)
+        """Heartbeats for every idle stream from one task, so idle streams need no timers: a
+        pass every BEAT_PASS of the interval, on the clock (a pass's own time does not add up)."""
+        loop = asyncio.get_running_loop()
+        period = BEAT_PASS * interval
+        due = loop.time() + period
         while True:
-            await asyncio.sleep(interval)
-            for sub in list(self._all):
-                sub.beat(beat)
+            await asyncio.sleep(due - loop.time())
+            await self.beat(BEAT_SPREAD * interval)
+            due = max(due + period, loop.time())  # late (a stalled loop): no passes to catch up
+
+    async def beat(self, spread: float = 0.0) -> None:
+        """One heartbeat pass over the streams open now, `beat_slice` of them per loop turn, the
+        slices spread over `spread` seconds."""
+        heartbeat = Event(None, HEARTBEAT)
+        subs = list(self._all)
+        starts = range(0, len(subs), self.beat_slice)
+        pause = spread / len(starts) if starts else 0.0
+        for start in starts:
+            if start:
+                await asyncio.sleep(pause)
+            for sub in subs[start : start + self.beat_slice]:
+                self.stats.heartbeats += sub.beat(heartbeat)
 
     # -- publishing --------------------------------------------------------------
 

@@ -83,6 +83,9 @@ class ChatCollector:
         yield CounterMetricFamily(
             "chat_replayed_messages", "Messages replayed from the database on (re)connect", stats.replayed
         )
+        yield CounterMetricFamily(
+            "chat_heartbeats", "Heartbeats written to streams that were silent for a while", stats.heartbeats
+        )
         latency = stats.write_latency
         yield HistogramMetricFamily(
             "chat_publish_to_write_seconds",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -230,3 +231,41 @@ async def test_shutdown_with_a_thousand_streams_open_ends_them_all(make_client: 
         assert all(ended)
         assert client.hub.is_empty()
     assert WAIT > 2
+
+
+async def test_a_heartbeat_pass_writes_once_to_each_silent_stream_a_slice_per_loop_turn(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(heartbeat_seconds=3600)  # no pass but the test's own
+    hub = client.hub
+    hub.beat_slice = 8
+    general = client.store.general_id
+    await client.login("ana")
+    dm = await client.dm_id("ana", "admin")
+    quiet = [await client.open_stream({"chat_id": general}) for _ in range(30)]
+    ana = await client.open_stream({"username": "ana"})
+    await hub.beat()  # each has just had its preamble written: not silent
+    assert hub.stats.heartbeats == 0
+    in_dm = await client.post(dm, "hola", "admin")
+    assert await ana.messages(1) == [in_dm]  # written to since the last pass
+
+    seen = [hub.stats.heartbeats]  # heartbeats written so far, once per loop turn of the pass
+
+    async def watch() -> None:
+        while True:
+            seen.append(hub.stats.heartbeats)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await hub.beat()
+    watcher.cancel()
+    seen.append(hub.stats.heartbeats)
+    assert hub.stats.heartbeats == len(quiet)
+    assert max(b - a for a, b in itertools.pairwise(seen)) <= 8, seen
+
+    # What each client received: one heartbeat for the silent, none for ana.
+    marker = await client.post(general, "para todos")
+    frame = f"id: {marker['id']}\nevent: message\ndata: {jsonutil.dumps(marker).decode()}\n\n".encode()
+    for stream in quiet:
+        assert [await stream.raw_until_blank(), await stream.raw_until_blank()] == [b": ping\n\n", frame]
+    assert await ana.raw_until_blank() == frame

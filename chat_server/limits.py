@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -260,16 +260,26 @@ class RedisStreamSlots(StreamSlots):
             await self._keeper.stop("stream-slots-refresh")
 
     async def _refresh_forever(self) -> None:
-        """Push back the expiry of this process's open streams, well before it comes."""
         while True:
             await asyncio.sleep(self.ttl / 3)
             with contextlib.suppress(*FAILURES):
-                await self.batch.run(self._refresh)
+                await self.refresh()
 
-    def _refresh(self, pipe: Pipeline) -> None:
+    async def refresh(self) -> None:
+        """Push back the expiry of this process's open streams, well before it comes, a slice
+        of streams at a time (an owner may have many: slices count streams, not owners)."""
+        streams = [(user_id, slot) for user_id, slots in self._local.items() for slot in slots]
+        await self.batch.run_sliced(streams, self._refresh)
+
+    def _refresh(self, streams: Sequence[tuple[str, str]], pipe: Pipeline) -> None:
+        """Those of `streams` still open when the operation is sent: a dropped one stays dropped."""
         expires = time.time() + self.ttl
-        for user_id, slots in self._local.items():
-            pipe.zadd(self._key(user_id), {self._member(s): expires for s in slots})
+        by_user: dict[str, dict[str, float]] = {}
+        for user_id, slot in streams:
+            if slot in self._local.get(user_id, ()):
+                by_user.setdefault(user_id, {})[self._member(slot)] = expires
+        for user_id, members in by_user.items():
+            pipe.zadd(self._key(user_id), members)
             pipe.pexpire(self._key(user_id), math.ceil(self.ttl * 1000))
 
 

@@ -15,13 +15,13 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
 
 from .keeper import Keeper
 from .models import User
-from .redis_batch import Pipeline, RedisBatch
+from .redis_batch import SLICE, Pipeline, RedisBatch
 from .redis_policy import FAILURES, bounded
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,6 @@ class RedisPresence(Presence):
     def _others(self, members: list[bytes]) -> int:
         return sum(_text(m) != self.process_id for m in members)
 
-    async def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
-        return [_text(m) for m in await self.redis.zrangebyscore(key, low, high)]
-
     def _join(self, pipe: Pipeline, *user_ids: int) -> None:
         expires = time.time() + self.ttl
         for user_id in user_ids:
@@ -215,15 +212,31 @@ class RedisPresence(Presence):
         while True:
             await asyncio.sleep(self.ttl / 3)
             with contextlib.suppress(*FAILURES):
-                # Who is online here is read when the batch is sent, after any leave queued
-                # before it: a user who just left is not written back.
-                await self.batch.run(lambda pipe: self._join(pipe, *self._local))
-                await self._sweep()
+                await self.refresh()
+                await self.sweep()
 
-    async def _sweep(self) -> None:
-        """Entries of processes that stopped refreshing: their users may have gone offline."""
-        async with bounded():
-            expired = await self._members(self._expiries, "-inf", time.time())
+    async def refresh(self) -> None:
+        """Push back the expiry of this process's users, a slice at a time. Who of a slice is
+        online is read when its operation is sent, after any leave queued before it: a user who
+        just left is not written back."""
+        await self.batch.run_sliced(list(self._local), self._rejoin)
+
+    def _rejoin(self, user_ids: Sequence[int], pipe: Pipeline) -> None:
+        self._join(pipe, *(u for u in user_ids if u in self._local))
+
+    async def sweep(self) -> None:
+        """Entries of processes that stopped refreshing: their users may have gone offline. Read
+        a slice at a time (a dead process may leave 20,000), each removed before the next read."""
+        while True:
+            async with bounded():
+                found = await self.redis.zrangebyscore(
+                    self._expiries, "-inf", time.time(), start=0, num=SLICE
+                )
+            await self._sweep_entries([_text(m) for m in found])
+            if len(found) < SLICE:
+                return
+
+    async def _sweep_entries(self, expired: list[str]) -> None:
         for entry in expired:
             user_id, _, process_id = entry.partition(":")
             async with bounded():

@@ -15,13 +15,19 @@ expires with its TTL like the entries of a dead process.) So a read-then-write
 stream's slot dropped after it was added, a refresh after a leave) is applied after it.
 The commands are written into the pipeline when the batch is sent, not when queued: a
 periodic refresh queued before a leave writes what is open when it actually runs.
+
+Work over every online user or open stream (the periodic refreshes) goes `SLICE` of them per
+operation, each queued once the one before is done (`run_sliced`): one MULTI/EXEC of 40,000
+commands, built and parsed by redis-py in one loop turn, stalled every post and delivery of the
+process for 100+ ms; sliced, the connects' joins and leaves go out between the slices.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from aiohttp import web
@@ -32,9 +38,13 @@ Pipeline = redis.client.Pipeline
 # Writes one operation's commands into the batch's pipeline.
 Commands = Callable[[Pipeline], object]
 Batch = list[tuple[Commands, "asyncio.Future[list[Any]]"]]
-# Operations per batch at most: a refresh of 10,000 users is one operation, so this bounds
-# only how many small ones wait behind each other in one MULTI/EXEC.
+# Operations per batch at most: this bounds how many small ones wait behind each other in one
+# MULTI/EXEC.
 MAX_BATCH = 1000
+# Users or streams per operation of `run_sliced`.
+SLICE = 500
+
+T = TypeVar("T")
 
 
 class RedisBatch:
@@ -53,6 +63,13 @@ class RedisBatch:
         # Bounded here too: a caller queued behind a stalled batch does not wait for two.
         async with bounded():
             return await future
+
+    async def run_sliced(
+        self, items: Sequence[T], commands: Callable[[Sequence[T], Pipeline], object]
+    ) -> None:
+        """`commands(slice, pipe)` for each `SLICE` of `items`, one operation after another."""
+        for start in range(0, len(items), SLICE):
+            await self.run(functools.partial(commands, items[start : start + SLICE]))
 
     async def close(self) -> None:
         """Wait for what is queued (a leave at shutdown) to be sent."""

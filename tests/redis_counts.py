@@ -1,13 +1,17 @@
 """Redis's own counters of what its clients asked (INFO commandstats and stats), since a reset:
-for tests/test_redis_ops.py and bench/redis_ops.py."""
+for tests/test_redis_ops.py and bench/redis_ops.py; and the transactions it ran (MONITOR)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
+import redis.asyncio
+
+from .chat_client import WAIT
 
 # What a client says on a new connection: connections are counted on their own.
 CONNECTING = ("hello", "client|setinfo")
@@ -47,3 +51,52 @@ class RedisCounts:
             out_bytes=int(net["total_net_output_bytes"]),
             seconds=time.monotonic() - self.started,
         )
+
+
+class Watch:
+    """`async with Watch(url) as seen:` every command Redis runs in the block, each a list of
+    words: all of them in `seen.commands`, and those of each MULTI/EXEC in `seen.transactions`
+    (complete once the block is left). Read from MONITOR: what Redis itself received."""
+
+    DONE = "watch-done"
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.asyncio.Redis.from_url(url)
+        self.commands: list[list[str]] = []
+        self.transactions: list[list[list[str]]] = []
+        self._watching: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watch:
+        watching = asyncio.Event()
+        self._watching = asyncio.create_task(self._watch(watching))
+        await asyncio.wait_for(watching.wait(), WAIT)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._watching is not None
+        await self.client.echo(self.DONE)  # the last command the monitor reads
+        try:
+            await asyncio.wait_for(self._watching, WAIT)
+        finally:
+            await self.client.aclose()
+
+    async def _watch(self, watching: asyncio.Event) -> None:
+        open_: dict[str, list[list[str]]] = {}  # client -> its transaction so far
+        async with self.client.monitor() as monitor:
+            watching.set()  # MONITOR answered: every later command is seen
+            async for seen in monitor.listen():
+                words, client = seen["command"].split(" "), f"{seen['client_address']}:{seen['client_port']}"
+                if words == ["ECHO", self.DONE]:
+                    return
+                self.commands.append(words)
+                if words[0] == "MULTI":
+                    open_[client] = []
+                elif words[0] == "EXEC":
+                    self.transactions.append(open_.pop(client))
+                elif client in open_:
+                    open_[client].append(words)
+
+
+async def scores(client: redis.asyncio.Redis, key: str) -> dict[bytes, float]:
+    """A sorted set's members with their scores."""
+    return dict(cast(list[tuple[bytes, float]], await client.zrange(key, 0, -1, withscores=True)))

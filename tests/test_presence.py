@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import redis.asyncio
 from chat_server import jsonutil
 from chat_server.app import create_app
 from chat_server.presence import RedisPresence
-from chat_server.redis_batch import RedisBatch
+from chat_server.redis_batch import SLICE, RedisBatch
 from chat_server.settings import Settings
 
 from .chat_client import WAIT, AiohttpClient, ChatClient, Stream
 from .databases import throwaway_database
+from .redis_counts import Watch, scores
 from .services import ChatServer, PrivateRedis
 from .test_scale_out import Make, private_redis, process, shared_redis  # noqa: F401 - fixtures
 from .waiting import eventually
@@ -159,3 +161,72 @@ async def test_processes_joining_or_leaving_a_user_at_once_announce_it_exactly_o
             await presence.close()
             await batch.close()
             await client.aclose()
+
+
+async def test_a_refresh_goes_a_slice_of_users_per_transaction_and_writes_back_no_one_who_left(
+    private_redis: PrivateRedis,  # noqa: F811
+) -> None:
+    """Thousands online: no MULTI/EXEC of the refresh holds more than a slice's ZADDs (one of
+    thousands stalled the process), every entry's expiry moves on, and a user who leaves while
+    the refresh goes is not written back."""
+
+    async def announce(user_id: int, online: bool) -> None:
+        pass
+
+    client = redis.asyncio.Redis.from_url(private_redis.url)
+    batch = RedisBatch(client)
+    presence = RedisPresence(announce, batch, "ns", "p0", ttl=60)
+    users = range(1, 3 * SLICE + 2)  # three slices and one more user, who leaves
+    leaver = users[-1]
+    try:
+        await asyncio.gather(*(presence._enter(u) for u in users))
+        before = await scores(client, "ns:presence")
+        assert len(before) == len(users)
+        async with Watch(private_redis.url) as seen:
+            await asyncio.gather(presence.refresh(), presence._exit(leaver))
+        after = await scores(client, "ns:presence")
+        assert after.keys() == before.keys() - {f"{leaver}:p0".encode()}
+        assert all(after[entry] > before[entry] for entry in after)
+        assert await client.zcard(f"ns:presence:{leaver}") == 0
+        zadds = [sum(words[0] == "ZADD" for words in t) for t in seen.transactions]
+        assert sum(zadds) == 2 * (len(users) - 1)
+        assert max(zadds) <= 2 * SLICE, zadds
+    finally:
+        await presence.close()
+        await batch.close()
+        await client.aclose()
+
+
+async def test_a_sweep_reads_the_entries_of_a_dead_process_a_slice_at_a_time(
+    private_redis: PrivateRedis,  # noqa: F811
+) -> None:
+    """A process died with thousands online: the sweep announces each of them offline once,
+    and no read of expired entries asks Redis for more than a slice (one reply of thousands,
+    parsed in one loop turn, stalled the process)."""
+    announced: list[tuple[int, bool]] = []
+
+    async def announce(user_id: int, online: bool) -> None:
+        announced.append((user_id, online))
+
+    client = redis.asyncio.Redis.from_url(private_redis.url)
+    batch = RedisBatch(client)
+    presence = RedisPresence(announce, batch, "ns", "p0", ttl=60)
+    users = range(1, 2 * SLICE + 2)
+    try:
+        expired = time.time() - 1
+        async with client.pipeline(transaction=False) as pipe:  # what the dead process left
+            for user_id in users:
+                pipe.zadd(f"ns:presence:{user_id}", {"dead": expired})
+                pipe.zadd("ns:presence", {f"{user_id}:dead": expired})
+            await pipe.execute()
+        async with Watch(private_redis.url) as seen:
+            await presence.sweep()
+        assert sorted(announced) == [(u, False) for u in users]
+        assert await client.zcard("ns:presence") == 0
+        reads = [words for words in seen.commands if words[0] == "ZRANGEBYSCORE"]
+        assert len(reads) >= 3
+        assert all(words[4:] == ["LIMIT", "0", str(SLICE)] for words in reads), reads[:3]
+    finally:
+        await presence.close()
+        await batch.close()
+        await client.aclose()

@@ -20,6 +20,7 @@ import pytest
 from yarl import URL
 
 from .services import free_port
+from .waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -151,3 +152,42 @@ async def test_logs_hold_no_token_cookie_or_password(server: Server) -> None:
     assert [e["remote"] for e in access if e["route"] == "/healthz" and e["remote"] != "127.0.0.1"] == [
         "198.51.100.23"
     ]
+
+
+def access_lines(logged: str) -> list[dict[str, object]]:
+    """The access log's entries: every line that starts as JSON must be one whole object."""
+    return [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+
+
+async def test_a_burst_is_logged_whole_by_a_clean_stop(server: Server) -> None:
+    """Access lines leave in batches (one write() for many): those still waiting when the
+    server is stopped are written by the stop, each whole, none twice."""
+    burst = 300
+    async with aiohttp.ClientSession() as session:
+        await wait_until_up(session, server.base)
+
+        async def post(i: int) -> None:
+            body = {"chat_id": 1, "contenido": f"ráfaga {i}", "username": "ana"}
+            async with session.post(f"{server.base}/api/messages", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+
+        await asyncio.gather(*(post(i) for i in range(burst)))
+    # Stopped at once: the last lines have not reached their flush yet.
+    posts = [e for e in access_lines(server.stop()) if e["route"] == "/api/messages"]
+    assert len(posts) == burst
+    assert all(e["method"] == "POST" and e["status"] == 201 for e in posts)
+
+
+async def test_lines_are_written_while_the_server_runs(server: Server) -> None:
+    """Buffered lines are written soon on their own, not only when a buffer fills or at a stop."""
+    async with aiohttp.ClientSession() as session:
+        await wait_until_up(session, server.base)
+        async with session.get(f"{server.base}/api/openapi.json") as resp:
+            assert resp.status == 200
+
+        def logged() -> bool:
+            text = server.log.read_text("utf-8", errors="replace")
+            return any(e["route"] == "/api/openapi.json" for e in access_lines(text))
+
+        await eventually(logged, "the request's access line is in the log")
+    assert server.process.poll() is None  # written by the running server

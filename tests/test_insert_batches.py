@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from chat_server.catchup import DatabaseFollower
 from chat_server.errors import Unavailable
 from chat_server.models import Message
 from chat_server.sequencer import Sequencer
+from chat_server.store import batching
 from chat_server.store.batching import InsertBatcher
 
 MOMENT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -119,3 +121,35 @@ async def _scenario(fates: list[str], posts: int, burst: int) -> None:
     assert len(texts) == len(set(texts)), "a row stored twice"
     assert released == sorted(table.rows)
     assert sequencer.late == 0
+
+
+async def test_a_row_no_lane_takes_in_time_fails_and_is_never_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While no connection can be had, a row waits WAIT_FOR_LANE, then fails (503): certainly
+    not stored, not even once a connection comes back. A row a lane took is not withdrawn,
+    however long its INSERT takes."""
+    monkeypatch.setattr(batching, "WAIT_FOR_LANE", 0.05)
+    database_back = asyncio.Event()
+    statement_done = asyncio.Event()
+    inserted: list[Row] = []
+
+    @contextlib.asynccontextmanager
+    async def connection() -> AsyncIterator[None]:
+        await database_back.wait()
+        yield None
+
+    async def insert(conn: None, rows: Sequence[Row]) -> list[int]:
+        inserted.extend(rows)
+        await statement_done.wait()
+        return list(range(len(inserted) - len(rows) + 1, len(inserted) + 1))
+
+    batcher = InsertBatcher(connection, insert, (Refused,))
+    with pytest.raises(Unavailable, match="database busy"):
+        await batcher.insert(("withdrawn",))
+    database_back.set()
+    slow = asyncio.create_task(batcher.insert(("taken",)))
+    while not inserted:  # noqa: ASYNC110 - the lane takes the row on its next turns
+        await asyncio.sleep(0)
+    await asyncio.sleep(2 * batching.WAIT_FOR_LANE)  # past the wait: taken rows stay
+    statement_done.set()
+    assert await slow == 1
+    assert inserted == [("taken",)]

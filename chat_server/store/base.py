@@ -645,13 +645,13 @@ class Store(abc.ABC):
         """Insert (chat_id, sender_id, contenido, time) rows in order, and move their DMs up in
         their participants' inboxes, in one transaction. Returns the new ids, in order.
 
-        A batch of General's messages alone, where one INSERT ... RETURNING carries it, is that
-        one statement in autocommit: atomic by itself, with no inbox rows to keep with it, and
-        without the BEGIN and COMMIT round trips (a quarter of the server's CPU per post at
-        200 posts/s: docs/scaling.md). Otherwise: its INSERT (one INSERT ... RETURNING, or without
-        RETURNING one INSERT a row: docs/design.md, "MySQL 8") and its DMs' inbox rows commit
-        together."""
-        if self.returning and all(row[0] == self.general_id for row in rows):
+        A batch of General's messages alone, where one statement carries it (one row, or
+        INSERT ... RETURNING), is that one statement in autocommit: atomic by itself, with no
+        inbox rows to keep with it, and without the BEGIN and COMMIT round trips (a quarter of
+        the server's CPU per post at 200 posts/s: docs/scaling.md). Otherwise: its INSERT (one
+        INSERT ... RETURNING, or without RETURNING one INSERT a row: docs/design.md, "MySQL 8")
+        and its DMs' inbox rows commit together."""
+        if (self.returning or len(rows) == 1) and all(row[0] == self.general_id for row in rows):
             return await self._insert_rows(db, rows)
         async with db.transaction() as tx:
             ids = await self._insert_rows(tx, rows)
@@ -660,9 +660,11 @@ class Store(abc.ABC):
 
     async def _insert_rows(self, db: Db, rows: Sequence[Row]) -> list[int]:
         sql = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
-        if not self.returning:
+        if not self.returning or len(rows) == 1:
             # A single-row INSERT's id is exactly LAST_INSERT_ID() (the cursor's lastrowid) on
             # every server; a multi-row INSERT's other ids are not promised (docs/design.md).
+            # One row (most batches below a few hundred posts/s) goes this way with RETURNING
+            # too: its answer is an OK packet, not a result set for PyMySQL to parse.
             ids = []
             for row in rows:
                 _, new_id = await db.execute(sql + "(%s, %s, %s, %s)", row)
@@ -873,7 +875,7 @@ class Store(abc.ABC):
 
 def _sql_time(moment: datetime) -> str:
     """UTC as both stores' TIMESTAMP literal (MySQL sessions run at time_zone '+00:00')."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "seconds")  # strftime's half
 
 
 def _from_sql_time(value: datetime | str | None) -> datetime:

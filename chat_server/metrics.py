@@ -45,11 +45,18 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        # Each label set's child, looked up once: labels() validates and locks on every call.
+        self._children: dict[tuple[str, str, int], Counter] = {}
 
     def count_response(self, request: web.Request, response: web.StreamResponse) -> None:
         resource = request.match_info.route.resource
         route = UNMATCHED if resource is None else resource.canonical
-        self.http_requests.labels(request.method, route, str(response.status)).inc()
+        key = (request.method, route, response.status)
+        child = self._children.get(key)
+        if child is None:
+            child = self.http_requests.labels(request.method, route, str(response.status))
+            self._children[key] = child
+        child.inc()
 
 
 class ChatCollector:

@@ -34,6 +34,10 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """A JSON object or a form-encoded body as a dict; an empty body is {}. A body that cannot
     be decoded (an unknown charset, bytes that are not in it, a broken multipart) is a 400. It
     must arrive within CHAT_BODY_TIMEOUT: a sender that trickles it would hold a connection."""
+    if request.content.is_eof():
+        # All of it is here (a small body comes with its headers): nothing to wait for, so no
+        # timer to arm and cancel.
+        return await _read_body(request)
     try:
         async with asyncio.timeout(request.app[settings_key].body_timeout):
             return await _read_body(request)

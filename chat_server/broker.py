@@ -183,10 +183,15 @@ class RedisBroker(Broker):
     # -- publishing --------------------------------------------------------------
 
     async def message_stored(self, message: Message) -> None:
-        self.hub.sequencer.offer(message)
+        """Announced first, then written to this process's own streams, so that the other
+        processes write their shares of a big chat meanwhile. (Offered first, the local writes
+        ran before the publish was even sent: redis-py yields before it writes.) Local streams
+        wait one Redis round trip for it, or the publish's bound while Redis is silent, as the
+        post does."""
         # "done" with a token: what a process of the previous version also understands.
         token = f"{self.process_id}:{message.id}"
         await self._publish({"type": "done", "token": token, "message": message.announcement()})
+        self.hub.sequencer.offer(message)
 
     async def chat_created(self, chat: Chat) -> None:
         data = chat.to_json()

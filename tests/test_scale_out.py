@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -165,3 +166,40 @@ async def test_a_process_does_not_decode_its_own_message_announcements(
     assert await on_a.messages(4) == [*from_a, from_b]
     assert await on_b.messages(1) == [from_b]
     assert (a.broker.messages_heard, b.broker.messages_heard) == (1, 3)
+
+
+async def test_other_processes_are_told_before_this_one_writes_its_own_streams(
+    process: Make, shared_redis: str
+) -> None:
+    """A process writes a message to its own streams only once its announcement is out: else,
+    for a chat with thousands of streams on every process, the others would start writing their
+    shares only after this one had written all of its own."""
+    a = await process(shared_redis)
+    listener = redis.Redis.from_url(shared_redis)
+    pubsub = listener.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(a.broker.channel)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    general = a.store.general_id
+    try:
+        async with a.hub.subscribe([general]) as sub:
+            sub.start_live(a.hub.released_id)
+            for n in range(3):
+                posting = asyncio.create_task(a.post(general, f"m{n}", "ana"))
+                (event,) = await sub.next_batch()
+                # Redis sends to every subscriber before it answers the publish: the
+                # announcement is in this (blocking) client's socket already, if it was sent.
+                assert event.id in _announced(pubsub), "written here before the other processes were told"
+                assert (await posting)["id"] == event.id
+    finally:
+        pubsub.close()
+        listener.close()
+
+
+def _announced(pubsub: redis.client.PubSub) -> set[int]:
+    """Ids of the message announcements received so far (without waiting)."""
+    ids = set()
+    while (item := pubsub.get_message(timeout=0)) is not None:
+        event = json.loads(item["data"]) if item["type"] == "message" else {}
+        if event.get("type") == "done":
+            ids.add(event["message"]["id"])
+    return ids

@@ -123,11 +123,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(database_url: str, workers: int, redis_url: str, startup: float = 60) -> Iterator[tuple[str, int]]:
-    """A server process on a free port: (base URL, pid of the process holding the streams)."""
+def server(
+    database_url: str, workers: int, redis_url: str, startup: float = 60, *, redis: bool = False
+) -> Iterator[tuple[str, int]]:
+    """A server process on a free port: (base URL, pid of the process holding the streams).
+    With more than one worker, or `redis`, it announces through Redis."""
     port = free_port()
     env = {**os.environ, **NO_LIMITS, "DATABASE_URL": database_url}
-    if workers > 1:
+    if workers > 1 or redis:
         env["REDIS_URL"] = redis_url
     log = (ARTIFACTS / f"server-{port}.log").open("wb")
     process = subprocess.Popen(

@@ -327,15 +327,18 @@ class Hub:
 
     def publish(self, message: Message) -> None:
         """To the chat's own streams, and to the per-user streams of its members (of everyone,
-        for General)."""
-        event = Event(message.id, encode_event("message", message.to_json(), event_id=message.id))
+        for General). Encoded only when someone here follows it: with Redis, a process hears
+        every message of every chat."""
         self.stats.published += 1
         targets: list[Subscriber] = list(self._by_chat.get(message.chat_id, ()))
         if message.chat_id == self.general_id:
             targets.extend(self._per_user)
         else:
             targets.extend(self._user_streams(message.members))
-        self._fan_out(targets, event)
+        if targets:
+            self._fan_out(
+                targets, Event(message.id, encode_event("message", message.to_json(), event_id=message.id))
+            )
 
     def chat_created(self, chat: dict[str, Any]) -> None:
         """A new DM (as JSON): its participants' per-user streams are told (its messages reach

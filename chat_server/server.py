@@ -123,6 +123,13 @@ def configure_access_log() -> logging.Handler:
     access.handlers[:] = [handler]
     access.setLevel(logging.INFO)
     access.propagate = False
+    # A record per request: skip finding what no format here shows (the Logging HOWTO's
+    # "Optimization"): the calling frame, thread, process name and pid (getpid() is a system
+    # call). Two thirds of a line's cost.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     return handler
 
 

@@ -7,8 +7,9 @@ import hashlib
 import logging
 import warnings
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -127,7 +128,7 @@ class _MysqlDb(Db):
         try:
             yield _MysqlDb(self._conn, autocommit=False, timeout=self._timeout)
         except BaseException as exc:
-            # Any other failure closes the connection (MysqlStore._acquire), which rolls back.
+            # Any other failure closes the connection (_Borrowed), which rolls back.
             if _answered_by_server(exc):
                 async with asyncio.timeout(self._timeout):
                     await self._conn.rollback()
@@ -163,6 +164,47 @@ def _raise_as_api_error(exc: BaseException) -> None:
         raise Refused("the database refused this value") from exc
 
 
+class _Borrowed:
+    """A pooled connection for an `async with` block, as a `_MysqlDb`; an unreachable,
+    exhausted or silent database becomes a 503.
+
+    A connection whose statement failed for any reason but the server's own answer (a timeout,
+    a cancellation, a broken socket) is in an unknown state: it is closed, never returned to
+    the pool. (A write on it may still commit: its outcome is unknown.)
+
+    A class rather than an @asynccontextmanager: every stored post borrows one, and a generator
+    costs an async generator registered with the loop and a dozen calls more each time."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: aiomysql.Pool, *, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout  # each statement's
+        self._conn: aiomysql.Connection | None = None
+
+    async def __aenter__(self) -> _MysqlDb:
+        try:
+            async with asyncio.timeout(ACQUIRE_TIMEOUT):
+                self._conn = conn = await self._pool.acquire()
+        except (TimeoutError, OSError, pymysql.err.OperationalError) as exc:
+            log.warning("database unavailable: %r", exc)
+            raise Unavailable("database unavailable") from exc
+        return _MysqlDb(conn, autocommit=True, timeout=self._timeout)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None, "entered"
+        try:
+            if exc is not None:
+                if not _answered_by_server(exc):
+                    conn.close()
+                _raise_as_api_error(exc)  # else the block's own exception goes on
+        finally:
+            self._pool.release(conn)
+
+
 class MysqlStore(Store):
     def __init__(self, url: str, *, pool_size: int = 20) -> None:
         super().__init__()
@@ -184,8 +226,7 @@ class MysqlStore(Store):
                 **self.url.connect_args(),
             )
         # Schema changes may take long on big tables: no statement time limit here.
-        async with self._acquire() as conn:
-            db = _MysqlDb(conn, autocommit=True, timeout=None)
+        async with _Borrowed(self._pool, timeout=None) as db:
             row = await db.fetchone("SELECT VERSION()")
             self.dialect = detect(str(row[0]) if row else "", self.url.dialect)
             # One process migrates at a time when several start together.
@@ -254,10 +295,9 @@ class MysqlStore(Store):
                 f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
             )
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Db]:
-        async with self._acquire() as conn:
-            yield _MysqlDb(conn, autocommit=True, timeout=QUERY_TIMEOUT)
+    def connection(self) -> AbstractAsyncContextManager[Db]:
+        assert self._pool is not None, "start() first"
+        return _Borrowed(self._pool, timeout=QUERY_TIMEOUT)
 
     def _lock_name(self, purpose: str) -> str:
         """Named locks belong to the whole server, not to a database: the name carries ours, so
@@ -282,35 +322,8 @@ class MysqlStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Db]:
-        async with (
-            self._acquire() as conn,
-            _MysqlDb(conn, autocommit=True, timeout=QUERY_TIMEOUT).transaction() as db,
-        ):
-            yield db
-
-    @asynccontextmanager
-    async def _acquire(self) -> AsyncIterator[aiomysql.Connection]:
-        """A pooled connection; an unreachable, exhausted or silent database becomes a 503.
-
-        A connection whose statement failed for any reason but the server's own answer (a
-        timeout, a cancellation, a broken socket) is in an unknown state: it is closed, never
-        returned to the pool. (A write on it may still commit: its outcome is unknown.)"""
-        assert self._pool is not None, "start() first"
-        try:
-            async with asyncio.timeout(ACQUIRE_TIMEOUT):
-                conn = await self._pool.acquire()
-        except (TimeoutError, OSError, pymysql.err.OperationalError) as exc:
-            log.warning("database unavailable: %r", exc)
-            raise Unavailable("database unavailable") from exc
-        try:
-            yield conn
-        except BaseException as exc:
-            if not _answered_by_server(exc):
-                conn.close()
-            _raise_as_api_error(exc)
-            raise
-        finally:
-            self._pool.release(conn)
+        async with self.connection() as db, db.transaction() as tx:
+            yield tx
 
     async def writes_settled(self, after_id: int, below_id: int) -> None:
         """Wait until no write that had begun can still commit an id in (after_id, below_id).

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import unicodedata
 
@@ -40,6 +41,7 @@ _FREEFORM = precis_i18n.get_profile("FreeformClass")
 _SPOOF = icu.SpoofChecker()
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every request by name: three normalisations
 def name_key(name: str) -> str:
     """The one notion of "same name": equal keys are one user, on every store."""
     folded = unicodedata.normalize("NFKC", name).casefold()

@@ -7,6 +7,7 @@ Handlers only see `Store` methods. Every query lives here, written once in MySQL
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -21,6 +22,7 @@ from ..models import ADMIN_USERNAME, Chat, InboxPosition, Message, ReadMarker, R
 from ..names import ADMIN_KEY, MAX_KEY_CHARS, name_key, name_skeleton
 from .batching import InsertBatcher
 from .dialect import RETURNING_ID
+from .loader import Loader
 from .schema_files import Added, added_object
 from .sessions import SessionRows
 
@@ -118,6 +120,12 @@ class Store(abc.ABC):
         self._users_by_id: BoundedCache[int, User] = BoundedCache()
         self._users_by_name: BoundedCache[str, User] = BoundedCache()
         self._chats: BoundedCache[int, Chat] = BoundedCache()
+        # Misses asked at once (a burst of stream connects, each for its own chat and user) and
+        # the DM partners of users coming online share one query (store/loader.py).
+        self._chat_loader = Loader(self._load_chats)
+        self._user_loader = Loader(functools.partial(self._load_users, "id"))
+        self._user_by_name_loader = Loader(functools.partial(self._load_users, "name_key"))
+        self._partner_loader = Loader(self._load_dm_partners)
         self.sessions = SessionRows(self.connection)
         self.returning = False
         # A batch refused for its values, or rolled back whole as a deadlock victim, stored
@@ -232,17 +240,25 @@ class Store(abc.ABC):
         cached = self._users_by_id.get(user_id) if user_id is not None else self._users_by_name.get(key)
         if cached is not None:
             return cached
-        where, arg = ("u.id = %s", user_id) if user_id is not None else ("u.name_key = %s", key)
+        if user_id is not None:
+            return (await self._user_loader.load([user_id])).get(user_id)
+        return None if key is None else (await self._user_by_name_loader.load([key])).get(key)
+
+    async def _load_users(self, column: str, keys: Sequence[Any]) -> dict[Any, User]:
+        """Users by id or by name key (PRIMARY, uniq_name_key), kept in the caches."""
+        marks = ", ".join(["%s"] * len(keys))
         async with self.connection() as db:
-            # uniq_name_key
-            row = await db.fetchone(f"SELECT {_USER_COLUMNS} FROM usuarios u WHERE {where}", (arg,))
-        if row is None:
-            return None
-        user = self._user(row)
-        self._users_by_id.put(user.id, user)
-        if key is not None:
-            self._users_by_name.put(key, user)
-        return user
+            rows = await db.fetchall(
+                f"SELECT u.{column}, {_USER_COLUMNS} FROM usuarios u WHERE u.{column} IN ({marks})", keys
+            )
+        found = {}
+        for row in rows:
+            key, user = row[0], self._user(row[1:])
+            found[key] = user
+            self._users_by_id.put(user.id, user)
+            if column == "name_key":
+                self._users_by_name.put(key, user)
+        return found
 
     async def ensure_user(self, username: str, role: Role | None = None) -> tuple[User, bool]:
         """Return the user and whether it was created (then also as a member of General). The
@@ -361,13 +377,7 @@ class Store(abc.ABC):
     async def get_chat(self, chat_id: int) -> Chat | None:
         """The chat and its participants, without its last message."""
         chat = self._chats.get(chat_id)
-        if chat is None:
-            found = await self._chats_by_id([chat_id])
-            if not found:
-                return None
-            chat = found[0]
-            self._chats.put(chat_id, chat)
-        return chat
+        return chat if chat is not None else (await self._chat_loader.load([chat_id])).get(chat_id)
 
     async def general_chat(self) -> Chat:
         chat = await self.get_chat(self.general_id)
@@ -376,13 +386,21 @@ class Store(abc.ABC):
 
     async def dm_partners(self, user: User) -> list[int]:
         """The other participant of each of the user's DMs."""
+        return (await self._partner_loader.load([user.id])).get(user.id, [])
+
+    async def _load_dm_partners(self, user_ids: Sequence[int]) -> dict[int, list[int]]:
+        marks = ", ".join(["%s"] * len(user_ids))
         async with self.connection() as db:
             rows = await db.fetchall(
-                "SELECT p.user_id FROM chat_inbox i JOIN chat_participants p ON p.chat_id = i.chat_id "
-                "WHERE i.user_id = %s AND p.user_id <> %s",  # idx_inbox_activity, uniq_chat_user
-                (user.id, user.id),
+                "SELECT i.user_id, p.user_id FROM chat_inbox i "
+                "JOIN chat_participants p ON p.chat_id = i.chat_id "  # uniq_chat_user
+                f"WHERE i.user_id IN ({marks}) AND p.user_id <> i.user_id",  # idx_inbox_activity
+                user_ids,
             )
-        return [int(r[0]) for r in rows]
+        partners: dict[int, list[int]] = {}
+        for user_id, partner_id in rows:
+            partners.setdefault(int(user_id), []).append(int(partner_id))
+        return partners
 
     async def inbox_page(
         self, user: User, limit: int, after: InboxPosition | None
@@ -507,10 +525,7 @@ class Store(abc.ABC):
 
     async def _chats_cached(self, ids: Sequence[int]) -> dict[int, Chat]:
         found = {i: c for i in ids if (c := self._chats.get(i)) is not None}
-        missing = [i for i in ids if i not in found]
-        for chat in await self._chats_by_id(missing):
-            self._chats.put(chat.id, chat)
-            found[chat.id] = chat
+        found.update(await self._chat_loader.load([i for i in ids if i not in found]))
         return found
 
     async def mark_read(self, chat_id: int, user: User, last_read_id: int) -> tuple[ReadMarker, bool]:
@@ -560,26 +575,28 @@ class Store(abc.ABC):
                 )
         return marker, moved
 
-    async def _chats_by_id(self, ids: Sequence[int]) -> list[Chat]:
-        """Chats (without their last message) in the order of `ids`, in two queries whatever
-        their number (no N+1)."""
-        if not ids:
-            return []
+    async def _load_chats(self, ids: Sequence[int]) -> dict[int, Chat]:
+        """Chats (without their last message) by id with their participants, in one query
+        whatever their number (no N+1), kept in the cache."""
         marks = ", ".join(["%s"] * len(ids))
         async with self.connection() as db:
-            chat_rows = await db.fetchall(f"SELECT id, type, name FROM chats WHERE id IN ({marks})", ids)
-            # General's participants are everyone: not listed, so the answer stays small.
-            member_rows = await db.fetchall(
-                f"SELECT p.chat_id, {_USER_COLUMNS} FROM chat_participants p "
-                "JOIN usuarios u ON u.id = p.user_id JOIN chats c ON c.id = p.chat_id "
-                f"WHERE p.chat_id IN ({marks}) AND c.type = 'dm'",
+            # A row per DM participant, one for General: its participants are everyone, not
+            # listed, so the answer stays small. (PRIMARY, uniq_chat_user, PRIMARY)
+            rows = await db.fetchall(
+                f"SELECT c.id, c.type, c.name, {_USER_COLUMNS} FROM chats c "
+                "LEFT JOIN chat_participants p ON p.chat_id = c.id AND c.type = 'dm' "
+                f"LEFT JOIN usuarios u ON u.id = p.user_id WHERE c.id IN ({marks})",
                 ids,
             )
+        chats = {int(row[0]): row[1:3] for row in rows}
         members: dict[int, list[User]] = {}
-        for row in sorted(member_rows, key=lambda r: (r[0], r[1])):  # by chat, then user id
-            members.setdefault(row[0], []).append(self._user(row[1:]))
-        found = {row[0]: Chat(row[0], row[1], row[2], tuple(members.get(row[0], ()))) for row in chat_rows}
-        return [found[i] for i in ids if i in found]
+        for row in sorted(rows, key=lambda r: (r[0], r[3] or 0)):  # by chat, then user id
+            if row[3] is not None:
+                members.setdefault(int(row[0]), []).append(self._user(row[3:]))
+        found = {i: Chat(i, kind, name, tuple(members.get(i, ()))) for i, (kind, name) in chats.items()}
+        for chat in found.values():
+            self._chats.put(chat.id, chat)
+        return found
 
     async def get_or_create_dm(self, a: User, b: User) -> tuple[Chat, bool]:
         """The one DM of a pair of users; `dm_pairs`' primary key keeps it unique under races."""

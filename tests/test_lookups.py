@@ -98,6 +98,21 @@ async def test_concurrent_user_and_partner_lookups_share_one_query_each(database
             assert len(statements) == 1, statements
 
 
+async def test_concurrent_session_lookups_share_one_query(database_url: str) -> None:
+    """The streams of a reconnect storm, each with a token this process has not seen yet."""
+    async with started(database_url) as store:
+        user, _ = await store.ensure_user("ana")
+        now = 1_000_000
+        for key, lifetime in (("live", 10), ("other", 20), ("ended", 10), ("expired", 1)):
+            await store.sessions.add(key, user.id, now, now + lifetime)
+        await store.sessions.end("ended", now)
+        asked = ("live", "other", "ended", "expired", "nobody")
+        async with sent(store) as statements:
+            found = await asyncio.gather(*(store.sessions.find(key, now + 5) for key in asked))
+        assert found == [(user.id, now + 10), (user.id, now + 20), None, None, None]
+        assert len(statements) == 1, statements
+
+
 async def _proxied_reader(url: str) -> tuple[Store, list[Chat]]:
     """A store through the proxy, with DMs it has not read yet (made by another store)."""
     async with started(url) as writer:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
+from .loader import Loader
+
 if TYPE_CHECKING:
     from .base import Db
 
@@ -26,6 +28,9 @@ MAX_ROWS_PER_USER = 50
 class SessionRows:
     def __init__(self, connection: Callable[[], AbstractAsyncContextManager[Db]]) -> None:
         self._connection = connection
+        # The streams of a reconnect storm, each with a token this process has not seen yet,
+        # share one query (store/loader.py).
+        self._live = Loader(self._load_live)
 
     async def add(self, key: str, user_id: int, now: int, expires_at: int) -> list[str]:
         """Store a new session; the keys of the user's oldest ones it pushed out (now ended)."""
@@ -46,13 +51,18 @@ class SessionRows:
 
     async def find(self, key: str, now: int) -> tuple[int, int] | None:
         """(user id, expiry) of a session that has neither ended nor expired."""
+        found = (await self._live.load([key])).get(key)
+        return found if found is not None and found[1] > now else None
+
+    async def _load_live(self, keys: list[str]) -> dict[str, tuple[int, int]]:
+        """(user id, expiry) of each session not ended (expired or not), by primary key."""
+        marks = ", ".join(["%s"] * len(keys))
         async with self._connection() as db:
-            row = await db.fetchone(
-                "SELECT user_id, expires_at FROM sessions "
-                "WHERE id = %s AND ended_at IS NULL AND expires_at > %s",
-                (key, now),
+            rows = await db.fetchall(
+                f"SELECT id, user_id, expires_at FROM sessions WHERE id IN ({marks}) AND ended_at IS NULL",
+                keys,
             )
-        return None if row is None else (int(row[0]), int(row[1]))
+        return {str(key): (int(user_id), int(expires)) for key, user_id, expires in rows}
 
     async def renew(self, key: str, expires_at: int) -> None:
         async with self._connection() as db:

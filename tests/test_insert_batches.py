@@ -153,3 +153,42 @@ async def test_a_row_no_lane_takes_in_time_fails_and_is_never_stored(monkeypatch
     statement_done.set()
     assert await slow == 1
     assert inserted == [("taken",)]
+
+
+async def test_a_row_posted_as_every_lane_ends_gets_a_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every lane finishes in one loop turn, and a row comes in that same turn, after the lanes
+    stopped looking for rows but before their tasks' done-callbacks ran: it must start a lane of
+    its own, not wait WAIT_FOR_LANE for none and fail (a 503 for a healthy database)."""
+    monkeypatch.setattr(batching, "WAIT_FOR_LANE", 0.5)
+    gate = asyncio.Event()
+    entered: asyncio.Queue[int] = asyncio.Queue()
+    next_id = iter(range(1, 100))
+
+    @contextlib.asynccontextmanager
+    async def connection() -> AsyncIterator[None]:
+        yield None
+
+    async def insert(conn: None, rows: Sequence[Row]) -> list[int]:
+        ids = [next(next_id) for _ in rows]
+        entered.put_nowait(len(rows))
+        await gate.wait()
+        return ids
+
+    batcher = InsertBatcher(connection, insert, (Refused,))
+    first = []
+    for n in range(batching.LANES):  # one row a lane, each held in its INSERT
+        first.append(asyncio.create_task(batcher.insert((n,))))
+        assert await entered.get() == 1
+
+    waiting = asyncio.Event()
+
+    async def late() -> int:
+        waiting.set()
+        await gate.wait()  # woken after the lanes, which waited on the gate first
+        return await batcher.insert(("late",))
+
+    posting = asyncio.create_task(late())
+    await waiting.wait()  # by now `late` waits on the gate too
+    gate.set()
+    assert await asyncio.gather(*first) == [1, 2, 3, 4]
+    assert await posting == 5

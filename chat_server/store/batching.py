@@ -80,6 +80,10 @@ class InsertBatcher(Generic[C]):
             waiting.future.set_exception(Unavailable("database busy"))
 
     async def _lane(self) -> None:
+        """Insert what is pending until nothing is. A lane counts itself out in the same step as
+        its last look at the pending rows: a row that comes after it starts a lane of its own
+        (counted out by its done-callback, a row could come while every lane had ended and yet
+        still counted, and wait for none)."""
         batch: list[_Waiting] = []
         try:
             while self._pending:
@@ -88,7 +92,7 @@ class InsertBatcher(Generic[C]):
                     async with self._connection() as conn:
                         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                         if not batch:
-                            return  # another lane took them
+                            continue  # another lane took them: look again once this one is back
                         ids = await self._insert(conn, [w.row for w in batch])
                 except self._refused:
                     await self._one_by_one(batch)
@@ -106,6 +110,7 @@ class InsertBatcher(Generic[C]):
                 for waiting, new_id in zip(batch, ids, strict=True):
                     _settle(waiting, new_id)
         finally:  # whatever ends a lane (the loop closing, a bug), no row it took waits forever
+            self._lanes.discard(asyncio.current_task())
             _fail(batch, Unavailable("database unavailable"))
 
     async def _one_by_one(self, batch: list[_Waiting]) -> None:

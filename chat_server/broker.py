@@ -43,6 +43,10 @@ RECONNECT_DELAY = 0.5
 STARTUP_WAIT = 3.0
 STARTUP_WINDOW = 20_000
 STARTUP_SETTLE_ATTEMPTS = 3
+# Presence changes per announcement at most (about 100 bytes each). A process of the previous
+# version ignores these announcements during a rolling restart: presence is best effort, and its
+# streams read it again when they reconnect to a new process.
+PRESENCE_BATCH = 500
 
 
 class Broker(abc.ABC):
@@ -139,6 +143,7 @@ class RedisBroker(Broker):
         self.healthy = False
         self.resyncs = 0
         self.messages_heard = 0  # message announcements of other processes applied here
+        self._presence_batch: _PresenceBatch | None = None  # filling during this loop turn
         # What only this process's own message announcements hold (see `message_stored`).
         self._own_token = b'"token":"%b:' % self.process_id.encode()
 
@@ -199,8 +204,24 @@ class RedisBroker(Broker):
             self.hub.chat_created(data)
 
     async def presence_changed(self, change: dict[str, Any], user_ids: list[int] | None) -> None:
-        if not await self._publish({"type": "presence", "change": change, "users": user_ids}):
+        """Changes made in one loop turn go out as one announcement: a burst of connects (a
+        deploy, a reconnect storm) announces thousands of users coming online at once, and
+        every process would otherwise wake and decode each of them."""
+        item = {"change": change, "users": user_ids}
+        batch = self._presence_batch
+        if batch is None or len(batch.items) >= PRESENCE_BATCH:
+            batch = self._presence_batch = _PresenceBatch()
+            asyncio.get_running_loop().call_soon(self._send_presence, batch)
+        batch.items.append(item)
+        if not await asyncio.shield(batch.sent):
             self.hub.presence(change, user_ids)
+
+    def _send_presence(self, batch: _PresenceBatch) -> None:
+        if self._presence_batch is batch:
+            self._presence_batch = None  # changes made from now on go in the next one
+        event = {"type": "presence_batch", "changes": batch.items}
+        sending = asyncio.ensure_future(self._publish(event))
+        sending.add_done_callback(batch.settle)
 
     async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None:
         event = {"type": "read", "user_id": user_id, "marker": marker, "partners": partners}
@@ -281,6 +302,9 @@ class RedisBroker(Broker):
                 self.hub.sequencer.offer(await self._routed(event["message"]))
         elif kind == "chat":
             self.hub.chat_created(event["chat"])
+        elif kind == "presence_batch":
+            for item in event["changes"]:
+                self.hub.presence(item["change"], item["users"])
         elif kind == "presence":
             # A process of the previous version names chats, not users: tell no one (a rolling restart).
             self.hub.presence(event["change"], event.get("users", ()))
@@ -313,6 +337,21 @@ class RedisBroker(Broker):
         self._sessions_ended(None)  # an ending may have been missed: sessions are read again
         self.healthy = True
         self.follower.degraded = False
+
+
+class _PresenceBatch:
+    """The presence changes of one loop turn, and whether their one announcement went out."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(self, sending: asyncio.Future[bool]) -> None:
+        if not self.sent.done():
+            if sending.cancelled() or sending.exception() is not None:
+                self.sent.set_result(False)
+            else:
+                self.sent.set_result(sending.result())
 
 
 def channel_for(database_url: str) -> str:

@@ -143,3 +143,31 @@ async def test_operations_queued_in_one_loop_turn_share_one_round_trip(private_r
     finally:
         await batch.close()
         await client.aclose()
+
+
+@ONE_STORE
+async def test_a_burst_of_users_coming_online_is_announced_in_a_few_publishes(
+    settings: Settings, private_redis: PrivateRedis, aiohttp_client: AiohttpClient
+) -> None:
+    """A reconnect storm announces thousands of users at once: their presence changes go out
+    together, not one publish (and one wake-up of every process) each."""
+    shared = Settings(
+        database_url=settings.database_url, redis_url=private_redis.url, secret="s", presence_ttl=600
+    )
+    a = ChatClient(await aiohttp_client(create_app(shared)))
+    b = ChatClient(await aiohttp_client(create_app(shared)))
+    names = [f"user{i}" for i in range(USERS)]
+    for name in names:
+        await a.login(name)
+    admin = await b.open_stream({"username": "admin"})
+    counts = RedisCounts(private_redis.url)
+
+    counts.reset()
+    streams = await asyncio.gather(*(a.open_stream({"username": name}) for name in names))
+    online = [await next_presence(admin) for _ in names]
+    assert {event["username"] for event in online if event["online"]} == set(names)
+    reading = counts.read()
+    heartbeats = 2 * math.ceil(reading.seconds * HEARTBEATS_PER_SECOND + 1)
+    assert reading.calls["publish"] <= heartbeats + USERS // 4, reading.calls
+    for stream in streams:
+        stream.close()

@@ -392,12 +392,8 @@ def _cells(scenario: Scenario, s: dict[str, Any]) -> list[str]:
         rss = f"{(s['server_rss_after_mb'] - s['server_rss_before_mb']) * 1024 / streams:.1f} KB"
     server_cpu = s.get("server_cpu_percent")
     per_post = ""
-    if (
-        scenario.name in ("CPU per post", "posting")
-        and s.get("server_cpu_seconds")
-        and s.get("messages_posted")
-    ):
-        per_post = f" ({1000 * s['server_cpu_seconds'] / s['messages_posted']:.2f} ms per post)"
+    if scenario.name in ("CPU per post", "posting") and s.get("server_cpu_ms_per_post") is not None:
+        per_post = f" ({s['server_cpu_ms_per_post']:.2f} ms per post over the posting phase)"
     return [
         *head,
         f"{streams:,} in {s.get('connect_seconds')} s",

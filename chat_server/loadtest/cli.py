@@ -52,7 +52,9 @@ async def _measure(
 ) -> None:
     cfg = record.cfg
     record.ready = await pool.wait_ready()
+    posting = sample_server(cfg.server_pid)
     await post_messages(session, cfg, targets, record.run_id, record.posts)
+    record.server_posting = (posting, sample_server(cfg.server_pid))
     record.expected = expected_deliveries(record.posts.ids_by_chat, pool.connected_by_chat())
     drain_start = time.monotonic()
     try:

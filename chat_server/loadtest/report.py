@@ -87,6 +87,8 @@ class RunRecord:
     cpu_at_start: float = field(default_factory=cpu_seconds)
     server_before: ServerSample = field(default_factory=ServerSample)
     server_after: ServerSample = field(default_factory=ServerSample)
+    # Around the posting phase alone (first post sent to last post answered).
+    server_posting: tuple[ServerSample, ServerSample] = (ServerSample(), ServerSample())
     chats: int = 0
     ready: list[WorkerReady] = field(default_factory=list)
     posts: PostLog = field(default_factory=PostLog)
@@ -189,12 +191,17 @@ def _server(record: RunRecord) -> dict[str, Any]:
     if before.cpu_seconds is not None and after.cpu_seconds is not None:
         cpu = round(after.cpu_seconds - before.cpu_seconds, 2)
         percent = round(100 * cpu / (after.at - before.at), 1) if after.at > before.at else None
+    first, last = record.server_posting
+    per_post = None
+    if first.cpu_seconds is not None and last.cpu_seconds is not None and record.posts.posted:
+        per_post = round(1000 * (last.cpu_seconds - first.cpu_seconds) / record.posts.posted, 3)
     return {
         "server_pid": record.cfg.server_pid,
         "server_rss_before_mb": before.rss_mb,
         "server_rss_after_mb": after.rss_mb,
         "server_cpu_seconds": cpu,
         "server_cpu_percent": percent,
+        "server_cpu_ms_per_post": per_post,
     }
 
 

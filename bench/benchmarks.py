@@ -94,7 +94,7 @@ SCENARIOS = [
     ),
     Scenario(
         "CPU per post",
-        "2,000 posts to General at 200/s with 10 streams open (server CPU over the run / posts)",
+        "2,000 posts to General at 200/s with 10 streams open (server CPU over the posting phase / posts)",
         "server CPU ≤ 0.5 ms per stored post",
         {"streams": 10, "chats": 1, "messages": 2000, "rate": 200},
     ),

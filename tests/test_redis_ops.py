@@ -72,11 +72,11 @@ def check(counts: RedisCounts, per: dict[str, int], round_trips: int, operations
     return calls
 
 
-@ONE_STORE
-async def test_redis_commands_and_round_trips_per_connect_post_and_disconnect(
+async def two_processes_and_users(
     settings: Settings, private_redis: PrivateRedis, aiohttp_client: AiohttpClient
-) -> None:
-    # A presence TTL long enough that no periodic refresh falls into the test.
+) -> tuple[ChatClient, ChatClient, list[str]]:
+    """Two processes on the private Redis, with a presence TTL long enough that no periodic
+    refresh falls into a test, and USERS users (each with a DM with admin)."""
     shared = Settings(
         database_url=settings.database_url, redis_url=private_redis.url, secret="s", presence_ttl=600
     )
@@ -85,6 +85,14 @@ async def test_redis_commands_and_round_trips_per_connect_post_and_disconnect(
     names = [f"user{i}" for i in range(USERS)]
     for name in names:
         await a.login(name)
+    return a, b, names
+
+
+@ONE_STORE
+async def test_redis_commands_and_round_trips_per_connect_post_and_disconnect(
+    settings: Settings, private_redis: PrivateRedis, aiohttp_client: AiohttpClient
+) -> None:
+    a, b, names = await two_processes_and_users(settings, private_redis, aiohttp_client)
     dms = {name: await a.dm_id(name, "admin") for name in names}
     admin = await a.open_stream({"username": "admin"})
     counts = RedisCounts(private_redis.url)
@@ -151,14 +159,7 @@ async def test_a_burst_of_users_coming_online_is_announced_in_a_few_publishes(
 ) -> None:
     """A reconnect storm announces thousands of users at once: their presence changes go out
     together, not one publish (and one wake-up of every process) each."""
-    shared = Settings(
-        database_url=settings.database_url, redis_url=private_redis.url, secret="s", presence_ttl=600
-    )
-    a = ChatClient(await aiohttp_client(create_app(shared)))
-    b = ChatClient(await aiohttp_client(create_app(shared)))
-    names = [f"user{i}" for i in range(USERS)]
-    for name in names:
-        await a.login(name)
+    a, b, names = await two_processes_and_users(settings, private_redis, aiohttp_client)
     admin = await b.open_stream({"username": "admin"})
     counts = RedisCounts(private_redis.url)
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from . import api, frontend, legacy, login, metrics, migrate_legacy, openapi, service, streams
+from .auth import NewUsers, new_users_key
 from .broker import Broker, LocalBroker, RedisBroker, broker_key, channel_for
 from .edge import MAX_BODY_BYTES, decode_headers
 from .errors import error_middleware
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         handler_args={"auto_decompress": False},
     )
     app[settings_key] = settings
+    app[new_users_key] = NewUsers()
     app.cleanup_ctx.append(_keeper_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_hub_ctx)

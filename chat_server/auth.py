@@ -9,6 +9,8 @@ A token names a login session (chat_server/sessions.py): one that ended or expir
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 from dataclasses import dataclass
 from typing import Any
@@ -195,5 +197,39 @@ async def user_by_name(request: web.Request, username: str) -> tuple[User, bool]
     if existing is not None:
         return existing, False
     refuse_new_name(username)  # a name that may not be anyone's is no sign-up to count
+    return await request.app[new_users_key].sign_up(request, username)
+
+
+class NewUsers:
+    """Sign-ups under way in this process, by name. Invariant: at most one per name; it is
+    counted once against its client's address, and any request under that name meanwhile waits
+    for it. A client's burst of first posts under a new name (looked up together, none found the
+    user) is one sign-up, not one each, which would spend the address's limit on one user."""
+
+    def __init__(self) -> None:
+        self._under_way: dict[str, asyncio.Task[tuple[User, bool]]] = {}
+
+    async def sign_up(self, request: web.Request, username: str) -> tuple[User, bool]:
+        task = self._under_way.get(username)
+        if task is not None:
+            user, _ = await asyncio.shield(task)
+            return user, False  # made by the request that started it
+        task = asyncio.ensure_future(_sign_up(request, username))
+        self._under_way[username] = task
+        task.add_done_callback(functools.partial(self._done, username))
+        # Shielded: the one who started it may hang up; those waiting still get the user.
+        return await asyncio.shield(task)
+
+    def _done(self, username: str, task: asyncio.Task[tuple[User, bool]]) -> None:
+        if self._under_way.get(username) is task:
+            del self._under_way[username]
+        if not task.cancelled():
+            task.exception()  # retrieved: its callers may all have hung up
+
+
+async def _sign_up(request: web.Request, username: str) -> tuple[User, bool]:
     await request.app[limits_key].signups(request)
     return await service.ensure_user(request.app, username)
+
+
+new_users_key = web.AppKey("new_users", NewUsers)

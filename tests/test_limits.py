@@ -162,6 +162,16 @@ async def test_new_users_are_limited_per_address_at_login_and_when_posting(make_
         await unlimited.login(f"free{n}", status=201)
 
 
+async def test_a_burst_of_first_posts_under_one_new_name_is_one_sign_up(make_client: MakeClient) -> None:
+    """A client that sends its first posts at once, under a name new to the server: they all
+    found no such user, but they make one user, counted once against the address's limit."""
+    client = await make_client(signup_limit_address=2, post_limit_address=0, rate_window=3600.0)
+    burst = await asyncio.gather(*(post(client, "ráfaga", f"m{n}") for n in range(80)))
+    assert burst == [201] * 80
+    assert await post(client, "otra") == 201  # the second of two sign-ups
+    assert await post(client, "tercera") == 429
+
+
 async def test_open_streams_are_capped_per_user_and_free_again_when_one_closes(
     make_client: MakeClient,
 ) -> None:

@@ -143,7 +143,8 @@ class RedisBroker(Broker):
         self.healthy = False
         self.resyncs = 0
         self.messages_heard = 0  # message announcements of other processes applied here
-        self._presence_batch: _PresenceBatch | None = None  # filling during this loop turn
+        # The changes of this loop turn, and their announcement (True once sent).
+        self._presence_batch: tuple[list[dict[str, Any]], asyncio.Future[bool]] | None = None
         # What only this process's own message announcements hold (see `message_stored`).
         self._own_token = b'"token":"%b:' % self.process_id.encode()
 
@@ -209,19 +210,18 @@ class RedisBroker(Broker):
         every process would otherwise wake and decode each of them."""
         item = {"change": change, "users": user_ids}
         batch = self._presence_batch
-        if batch is None or len(batch.items) >= PRESENCE_BATCH:
-            batch = self._presence_batch = _PresenceBatch()
-            asyncio.get_running_loop().call_soon(self._send_presence, batch)
-        batch.items.append(item)
-        if not await asyncio.shield(batch.sent):
+        if batch is None or len(batch[0]) >= PRESENCE_BATCH:
+            items: list[dict[str, Any]] = []
+            batch = self._presence_batch = (items, asyncio.ensure_future(self._publish_presence(items)))
+        batch[0].append(item)
+        if not await asyncio.shield(batch[1]):
             self.hub.presence(change, user_ids)
 
-    def _send_presence(self, batch: _PresenceBatch) -> None:
-        if self._presence_batch is batch:
+    async def _publish_presence(self, items: list[dict[str, Any]]) -> bool:
+        """Starts once the loop turn that made the batch is over: its changes are all in."""
+        if self._presence_batch is not None and self._presence_batch[0] is items:
             self._presence_batch = None  # changes made from now on go in the next one
-        event = {"type": "presence_batch", "changes": batch.items}
-        sending = asyncio.ensure_future(self._publish(event))
-        sending.add_done_callback(batch.settle)
+        return await self._publish({"type": "presence_batch", "changes": items})
 
     async def chat_read(self, user_id: int, marker: dict[str, Any], partners: list[int]) -> None:
         event = {"type": "read", "user_id": user_id, "marker": marker, "partners": partners}
@@ -337,21 +337,6 @@ class RedisBroker(Broker):
         self._sessions_ended(None)  # an ending may have been missed: sessions are read again
         self.healthy = True
         self.follower.degraded = False
-
-
-class _PresenceBatch:
-    """The presence changes of one loop turn, and whether their one announcement went out."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def settle(self, sending: asyncio.Future[bool]) -> None:
-        if not self.sent.done():
-            if sending.cancelled() or sending.exception() is not None:
-                self.sent.set_result(False)
-            else:
-                self.sent.set_result(sending.result())
 
 
 def channel_for(database_url: str) -> str:

@@ -360,7 +360,7 @@ class Hub:
         """The user moved a read marker: their own per-user streams (their other tabs) get it with
         their unread count; `partners` (a DM's other participant) get how far they read."""
         own = {**marker, "user_id": user_id}
-        self._fan_out(self._by_user.get(user_id, ()), Event(None, encode_event("read", own)))
+        self._fan_out(list(self._by_user.get(user_id, ())), Event(None, encode_event("read", own)))
         seen = {"chat_id": marker["chat_id"], "user_id": user_id, "last_read_id": marker["last_read_id"]}
         self._to_users(partners, Event(None, encode_event("read", seen)))
 
@@ -371,9 +371,11 @@ class Hub:
     def _to_users(self, user_ids: Iterable[int], event: Event) -> None:
         self._fan_out(self._user_streams(user_ids), event)
 
-    def _fan_out(self, subscribers: Iterable[Subscriber], event: Event) -> None:
+    def _fan_out(self, subscribers: list[Subscriber], event: Event) -> None:
+        """`subscribers` is the caller's own list (a push may end a stream, which leaves the
+        hub's sets: never iterate those here)."""
         delivered = queued = 0
-        for sub in list(subscribers):
+        for sub in subscribers:
             if sub.push(event):
                 delivered += 1
                 queued += bool(sub._buffer)  # its stream writes it, and observes the latency then

@@ -124,3 +124,21 @@ def recording() -> Iterator[list[str]]:
         yield seen
     finally:
         aiomysql.Cursor.execute = execute
+
+
+@contextmanager
+def commands() -> Iterator[list[str]]:
+    """Every command the driver sends while the block runs, one round trip each: the statements,
+    and the BEGIN and COMMIT that aiomysql sends without a cursor."""
+    seen: list[str] = []
+    send = aiomysql.Connection._execute_command
+
+    async def recorded(self: aiomysql.Connection, command: int, sql: str | bytes) -> Any:
+        seen.append(sql if isinstance(sql, str) else sql.decode(errors="replace"))
+        return await send(self, command, sql)
+
+    aiomysql.Connection._execute_command = recorded
+    try:
+        yield seen
+    finally:
+        aiomysql.Connection._execute_command = send

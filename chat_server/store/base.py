@@ -43,6 +43,8 @@ MANY_DMS = 1000
 _USER_COLUMNS = "u.id, u.username, u.role, u.estado, u.creado_en"
 _MESSAGE_COLUMNS = "SELECT m.id, m.chat_id, m.sender_id, u.username, m.contenido, m.timestamp "
 _MESSAGE_SELECT = _MESSAGE_COLUMNS + "FROM mensajes_v2 m LEFT JOIN usuarios u ON u.id = m.sender_id "
+INSERT_MESSAGE = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
+ONE_ROW = "(%s, %s, %s, %s)"
 
 
 # Users keyed per statement when usuarios.name_key is filled (SQLite allows 32766 parameters).
@@ -92,6 +94,13 @@ class Db(abc.ABC):
         """This connection inside a transaction for the block: committed at its end, rolled
         back if the block fails."""
 
+    async def atomic(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[int, int]]:
+        """Run `statements` in order as one transaction, outside any other; return each one's
+        (rowcount, lastrowid). Here one at a time inside `transaction()`: a driver that can
+        sends them in a single round trip."""
+        async with self.transaction() as tx:
+            return [await tx.execute(sql, args) for sql, args in statements]
+
 
 class Store(abc.ABC):
     """Users, chats and messages over SQL. Subclasses provide connections and dialect."""
@@ -108,6 +117,8 @@ class Store(abc.ABC):
     # measured 30-90 ms at 100,000 chats instead of 0.5 ms. FORCE INDEX is MySQL 8's too.
     inbox_by_activity = "chat_inbox FORCE INDEX (idx_inbox_activity)"
     # A batch's inbox changes: the newest id is kept, unread counts are added.
+    # The id the connection's last INSERT made (an inbox row of the same transaction takes it).
+    last_insert_id = "LAST_INSERT_ID()"
     inbox_upsert = (
         " ON DUPLICATE KEY UPDATE last_message_id = GREATEST(last_message_id, VALUES(last_message_id)),"
         " unread = unread + VALUES(unread)"
@@ -665,18 +676,26 @@ class Store(abc.ABC):
         A batch of General's messages alone, where one statement carries it (one row, or
         INSERT ... RETURNING), is that one statement in autocommit: atomic by itself, with no
         inbox rows to keep with it, and without the BEGIN and COMMIT round trips (a quarter of
-        the server's CPU per post at 200 posts/s: docs/scaling.md). Otherwise: its INSERT (one
-        INSERT ... RETURNING, or without RETURNING one INSERT a row: docs/design.md, "MySQL 8")
-        and its DMs' inbox rows commit together."""
-        if (self.returning or len(rows) == 1) and all(row[0] == self.general_id for row in rows):
+        the server's CPU per post at 200 posts/s: docs/scaling.md). A batch of one DM row (nearly
+        all of them below a few hundred posts/s) is its INSERT and its inbox upsert, which takes
+        the new id from LAST_INSERT_ID(), sent as one transaction in one round trip (`Db.atomic`)
+        instead of four. Otherwise: its INSERT (one INSERT ... RETURNING, or without RETURNING
+        one INSERT a row: docs/design.md, "MySQL 8") and its DMs' inbox rows commit together."""
+        chats = {row[0] for row in rows}
+        if (self.returning or len(rows) == 1) and chats == {self.general_id}:
             return await self._insert_rows(db, rows)
+        if len(rows) == 1:
+            upsert = self._inbox_upsert(rows, None, await self._members_on(db, chats))
+            results = await db.atomic([(INSERT_MESSAGE + ONE_ROW, rows[0]), *([upsert] if upsert else [])])
+            return [results[0][1]]
         async with db.transaction() as tx:
             ids = await self._insert_rows(tx, rows)
-            await self._touch_inboxes(tx, rows, ids, await self._members_on(tx, {row[0] for row in rows}))
+            upsert = self._inbox_upsert(rows, ids, await self._members_on(tx, chats))
+            if upsert:
+                await tx.execute(*upsert)
         return ids
 
     async def _insert_rows(self, db: Db, rows: Sequence[Row]) -> list[int]:
-        sql = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
         if not self.returning or len(rows) == 1:
             # A single-row INSERT's id is exactly LAST_INSERT_ID() (the cursor's lastrowid) on
             # every server; a multi-row INSERT's other ids are not promised (docs/design.md).
@@ -684,11 +703,11 @@ class Store(abc.ABC):
             # too: its answer is an OK packet, not a result set for PyMySQL to parse.
             ids = []
             for row in rows:
-                _, new_id = await db.execute(sql + "(%s, %s, %s, %s)", row)
+                _, new_id = await db.execute(INSERT_MESSAGE + ONE_ROW, row)
                 ids.append(new_id)
         else:
             returned = await db.fetchall(
-                sql + ", ".join(["(%s, %s, %s, %s)"] * len(rows)) + RETURNING_ID,
+                INSERT_MESSAGE + ", ".join([ONE_ROW] * len(rows)) + RETURNING_ID,
                 [value for row in rows for value in row],
             )
             # One statement's auto-increment ids grow row by row; RETURNING's own order is not
@@ -697,27 +716,30 @@ class Store(abc.ABC):
         assert len(ids) == len(rows)
         return ids
 
-    async def _touch_inboxes(
-        self, db: Db, rows: Sequence[Row], ids: Sequence[int], members: dict[int, tuple[int, ...]]
-    ) -> None:
+    def _inbox_upsert(
+        self, rows: Sequence[Row], ids: Sequence[int] | None, members: dict[int, tuple[int, ...]]
+    ) -> tuple[str, list[Any]] | None:
         """One upsert for the whole batch: per DM participant, the newest id and +1 unread for
-        each message of someone else. Rows in key order, so concurrent batches lock them in the
-        same order (no deadlock between them)."""
+        each message of someone else; None when no DM is in it. `ids` None: a one-row batch
+        whose id is the last insert's, on the same connection. Rows in key order, so concurrent
+        batches lock them in the same order (no deadlock between them)."""
         changes: dict[tuple[int, int], list[int]] = {}  # (chat, user) -> [newest id, new unread]
-        for (chat_id, sender_id, *_), message_id in zip(rows, ids, strict=True):
+        for i, (chat_id, sender_id, *_) in enumerate(rows):
             for user_id in members.get(chat_id, ()):
                 change = changes.setdefault((chat_id, user_id), [0, 0])
-                change[0] = max(change[0], message_id)
+                change[0] = max(change[0], ids[i]) if ids is not None else 0
                 change[1] += user_id != sender_id
         if not changes:
-            return
+            return None
         keys = sorted(changes)
-        await db.execute(
-            "INSERT INTO chat_inbox (chat_id, user_id, last_message_id, unread) VALUES "
-            + ", ".join(["(%s, %s, %s, %s)"] * len(keys))
-            + self.inbox_upsert,
-            [v for key in keys for v in (*key, *changes[key])],
-        )
+        if ids is None:
+            values = f"(%s, %s, {self.last_insert_id}, %s)"
+            args = [v for key in keys for v in (*key, changes[key][1])]
+        else:
+            values = "(%s, %s, %s, %s)"
+            args = [v for key in keys for v in (*key, *changes[key])]
+        sql = "INSERT INTO chat_inbox (chat_id, user_id, last_message_id, unread) VALUES "
+        return sql + ", ".join([values] * len(keys)) + self.inbox_upsert, args
 
     async def members_of(self, chat_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
         """Each DM's participant ids (General's are everyone: not listed), from the chat cache."""

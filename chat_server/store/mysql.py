@@ -96,6 +96,7 @@ class MysqlUrl:
 class _MysqlDb(Db):
     def __init__(self, conn: aiomysql.Connection, *, autocommit: bool, timeout: float | None) -> None:
         self._conn = conn
+        self._autocommit = autocommit
         # A single autocommit statement chosen as a deadlock victim was rolled back whole:
         # running it again is safe. Inside a transaction only the caller can retry.
         self._attempts = DEADLOCK_RETRIES if autocommit else 1
@@ -118,6 +119,34 @@ class _MysqlDb(Db):
                     count = await cur.execute(sql, tuple(args) or None)
                     return count, cur.lastrowid
             except pymysql.err.OperationalError as exc:
+                _retry_or_raise(exc, attempt, self._attempts)
+        raise AssertionError("unreachable")
+
+    async def atomic(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[int, int]]:
+        """BEGIN, the statements and COMMIT as one multi-statement query: one round trip
+        (aiomysql always asks for CLIENT_MULTI_STATEMENTS; every value is escaped by the driver,
+        as in any other statement). The server stops at a failing statement and leaves the
+        transaction open: a refused one is rolled back here. A deadlock victim's transaction was
+        rolled back whole, so it is run again, as a single statement in autocommit would be."""
+        assert self._autocommit, "atomic() is its own transaction, not part of another"
+        for attempt in range(self._attempts):
+            try:
+                async with asyncio.timeout(self._timeout), self._conn.cursor() as cur:
+                    body = [cur.mogrify(sql, tuple(args) or None) for sql, args in statements]
+                    await cur.execute(";".join(["BEGIN", *body, "COMMIT"]))
+                    results = []
+                    for _ in statements:
+                        await cur.nextset()
+                        results.append((cur.rowcount, cur.lastrowid))
+                    await cur.nextset()  # COMMIT's answer
+                    return results
+            except pymysql.err.MySQLError as exc:
+                if not _answered_by_server(exc):
+                    raise  # the connection is closed (_Borrowed), which rolls back
+                async with asyncio.timeout(self._timeout):
+                    await self._conn.rollback()
+                if not isinstance(exc, pymysql.err.OperationalError):
+                    raise
                 _retry_or_raise(exc, attempt, self._attempts)
         raise AssertionError("unreachable")
 

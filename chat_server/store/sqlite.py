@@ -47,6 +47,7 @@ class _SqliteDb(Db):
 
 class SqliteStore(Store):
     inbox_by_activity = "chat_inbox"  # SQLite reads the row value below as a range by itself
+    last_insert_id = "last_insert_rowid()"
     inbox_upsert = (
         " ON CONFLICT (chat_id, user_id) DO UPDATE SET"
         " last_message_id = MAX(last_message_id, excluded.last_message_id),"

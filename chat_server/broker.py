@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +25,7 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from . import jsonutil, redis_policy
+from .announcer import Announcer
 from .catchup import DatabaseFollower
 from .errors import Unavailable
 from .hub import Hub
@@ -140,6 +141,7 @@ class RedisBroker(Broker):
         super().__init__(hub, store, keeper)
         self.channel = channel
         self.redis = redis_policy.connect(url)
+        self.announcer = Announcer(self.redis, channel, f"chat_server:announcer:{self.process_id}")
         self.healthy = False
         self.resyncs = 0
         self.messages_heard = 0  # message announcements of other processes applied here
@@ -171,9 +173,14 @@ class RedisBroker(Broker):
                 await subscribed.wait()
         except TimeoutError:
             self._degrade("redis unreachable at start-up")
+            return
+        with contextlib.suppress(*redis_policy.FAILURES):  # else the first announcement connects
+            async with redis_policy.bounded(PUBLISH_TIMEOUT):
+                await self.announcer.connect()
 
     async def close(self) -> None:
         await super().close()
+        await self.announcer.close()
         await self.redis.aclose()
 
     async def ping(self) -> None:
@@ -190,13 +197,12 @@ class RedisBroker(Broker):
 
     async def message_stored(self, message: Message) -> None:
         """Announced first, then written to this process's own streams, so that the other
-        processes write their shares of a big chat meanwhile. (Offered first, the local writes
-        ran before the publish was even sent: redis-py yields before it writes.) Local streams
-        wait one Redis round trip for it, or the publish's bound while Redis is silent, as the
-        post does."""
+        processes write their shares of a big chat meanwhile. The announcement is one write on
+        the announcer's connection, in this loop turn, with no reply to wait for (announcer.py)."""
         # "done" with a token: what a process of the previous version also understands.
         token = f"{self.process_id}:{message.id}"
-        await self._publish({"type": "done", "token": token, "message": message.announcement()})
+        event = {"type": "done", "token": token, "message": message.announcement()}
+        await self._publish(event, announce=self.announcer.publish)
         self.hub.sequencer.offer(message)
 
     async def chat_created(self, chat: Chat) -> None:
@@ -236,10 +242,15 @@ class RedisBroker(Broker):
         if not await self._publish({"type": "sessions_ended", "keys": keys}):
             self._sessions_ended(keys)
 
-    async def _publish(self, event: dict[str, Any]) -> bool:
+    async def _publish(
+        self, event: dict[str, Any], announce: Callable[[bytes], Awaitable[Any]] | None = None
+    ) -> bool:
+        """Published on the channel (through `announce`, else a pooled connection); False, and
+        degraded, when that failed."""
         try:
             async with redis_policy.bounded(PUBLISH_TIMEOUT):
-                await self.redis.publish(self.channel, jsonutil.dumps(event))
+                data = jsonutil.dumps(event)
+                await (announce(data) if announce else self.redis.publish(self.channel, data))
             return True
         except redis_policy.FAILURES as exc:
             self._degrade(f"publish failed: {exc}")
@@ -283,16 +294,21 @@ class RedisBroker(Broker):
         heard = loop.time()
         while True:
             item = await pubsub.get_message(timeout=1.0)
-            if item is None:
-                if loop.time() - heard > 3 * HEARTBEAT_SECONDS:
-                    raise TimeoutError("no heartbeat on the redis channel")
-                continue
-            heard = loop.time()
-            data = item["data"]
-            # Our own messages were offered when stored: not decoded again (with N processes,
-            # 1/N of what every process hears).
-            if self._own_token not in data:
-                await self._apply(jsonutil.loads(data))
+            if item is not None:
+                heard = loop.time()
+                data = item["data"]
+                # Our own messages were offered when stored: not decoded again (with N
+                # processes, 1/N of what every process hears), only counted as heard back.
+                if self._own_token not in data:
+                    await self._apply(jsonutil.loads(data))
+                else:
+                    self.announcer.heard_back()
+            elif loop.time() - heard > 3 * HEARTBEAT_SECONDS:
+                raise TimeoutError("no heartbeat on the redis channel")
+            if self.announcer.overdue(PUBLISH_TIMEOUT):
+                # Its connection may be the broken part: the next announcement makes another.
+                await self.announcer.close()
+                raise TimeoutError("a message announcement did not come back on the channel")
 
     async def _apply(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -333,6 +349,7 @@ class RedisBroker(Broker):
         """Chat, presence and session events may have been missed: every stream resumes from
         the database (messages never need this: the watermark only passes what was sent)."""
         self.resyncs += 1
+        self.announcer.forget()
         self.hub.end_streams()
         self._sessions_ended(None)  # an ending may have been missed: sessions are read again
         self.healthy = True

@@ -13,8 +13,9 @@ import redis.asyncio
 
 from .chat_client import WAIT
 
-# What a client says on a new connection: connections are counted on their own.
-CONNECTING = ("hello", "client|setinfo")
+# What a client says on a new connection: connections are counted on their own. (The broker's
+# announcer names itself and turns replies off: chat_server/announcer.py.)
+CONNECTING = ("hello", "client|setinfo", "client|setname", "client|reply")
 
 
 @dataclass(frozen=True)

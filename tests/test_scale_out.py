@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -15,10 +17,13 @@ import redis
 from chat_server.app import create_app
 from chat_server.settings import Settings
 
-from .chat_client import AiohttpClient, ChatClient, Follower
+from .chat_client import WAIT, AiohttpClient, ChatClient, Follower
 from .services import PrivateRedis
+from .tcp_proxy import TcpProxy
 from .waiting import eventually
 
+# Redis's part does not depend on the store: the embedded one is enough.
+ONE_STORE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 SHARED_REDIS = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 Make = Callable[..., Awaitable[ChatClient]]
 
@@ -168,38 +173,80 @@ async def test_a_process_does_not_decode_its_own_message_announcements(
     assert (a.broker.messages_heard, b.broker.messages_heard) == (1, 3)
 
 
+@ONE_STORE
 async def test_other_processes_are_told_before_this_one_writes_its_own_streams(
-    process: Make, shared_redis: str
+    process: Make, private_redis: PrivateRedis
 ) -> None:
-    """A process writes a message to its own streams only once its announcement is out: else,
-    for a chat with thousands of streams on every process, the others would start writing their
-    shares only after this one had written all of its own."""
-    a = await process(shared_redis)
-    listener = redis.Redis.from_url(shared_redis)
+    """A process writes a message to its own streams only once its announcement is on its way:
+    else, for a chat with thousands of streams on every process, the others would start writing
+    their shares only after this one had written all of its own. Nor does it wait for Redis to
+    answer (chat_server/announcer.py): with Redis frozen, the message reaches this process's
+    streams while the broker still trusts Redis, and Redis passes the announcement on once it
+    runs again. (A process that waited for an answer would have given up on Redis first.)"""
+    a = await process(private_redis.url)
+    assert private_redis.process is not None
+    listener = redis.Redis.from_url(private_redis.url)
     pubsub = listener.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(a.broker.channel)
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    assert pubsub.get_message(timeout=WAIT)["type"] == "subscribe"
     general = a.store.general_id
+    await a.login("ana")  # signed up, and her DM with admin announced, while Redis runs
     try:
         async with a.hub.subscribe([general]) as sub:
             sub.start_live(a.hub.released_id)
             for n in range(3):
-                posting = asyncio.create_task(a.post(general, f"m{n}", "ana"))
-                (event,) = await sub.next_batch()
-                # Redis sends to every subscriber before it answers the publish: the
-                # announcement is in this (blocking) client's socket already, if it was sent.
-                assert event.id in _announced(pubsub), "written here before the other processes were told"
+                private_redis.process.send_signal(signal.SIGSTOP)
+                try:
+                    posting = asyncio.create_task(a.post(general, f"m{n}", "ana"))
+                    (event,) = await sub.next_batch()
+                    assert a.broker.healthy, "written here only after giving up on Redis"
+                finally:
+                    private_redis.process.send_signal(signal.SIGCONT)
+                assert event.id is not None
+                assert event.id in _announced(pubsub, event.id), "never announced"
                 assert (await posting)["id"] == event.id
     finally:
         pubsub.close()
         listener.close()
 
 
-def _announced(pubsub: redis.client.PubSub) -> set[int]:
-    """Ids of the message announcements received so far (without waiting)."""
-    ids = set()
-    while (item := pubsub.get_message(timeout=0)) is not None:
-        event = json.loads(item["data"]) if item["type"] == "message" else {}
+@ONE_STORE
+async def test_an_announcement_redis_never_passes_on_is_noticed_and_its_message_delivered(
+    process: Make, private_redis: PrivateRedis, session: aiohttp.ClientSession
+) -> None:
+    """Announcements get no answer (announcer.py): Redis's acknowledgement is the announcement
+    coming back on the process's own subscription. The connection they go on goes silent (a
+    stalled link, a proxy): the process notices that its message did not come back, and the
+    message reaches the other process's streams all the same (from the database)."""
+    async with TcpProxy(private_redis.port) as proxy:
+        a = await process(f"redis://127.0.0.1:{proxy.port}/0")
+        b = await process(private_redis.url)
+        general = a.store.general_id
+        await a.login("ana")
+        follower = await follow(session, b, chat_id=general)
+        try:
+            posted = [(await a.post(general, "antes", "ana"))["id"]]
+            assert await follower.wait_for(1) == posted
+            resyncs = a.broker.resyncs
+            # Only the announcer sends message announcements: its connection goes silent.
+            proxy.silence_when(b'"type":"done"')
+            posted.append((await a.post(general, "perdido", "ana"))["id"])
+            proxy.silence_when(None)
+            await eventually(lambda: a.broker.resyncs > resyncs, "A noticed its announcement never came back")
+            assert await follower.wait_for(2) == posted
+            posted.append((await a.post(general, "después", "ana"))["id"])  # on a new connection
+            assert await follower.wait_for(3) == posted
+        finally:
+            await follower.stop()
+
+
+def _announced(pubsub: redis.client.PubSub, awaited: int) -> set[int]:
+    """Ids of the message announcements received, until `awaited` is among them or WAIT passes."""
+    ids: set[int] = set()
+    deadline = time.monotonic() + WAIT
+    while awaited not in ids and (left := deadline - time.monotonic()) > 0:
+        item = pubsub.get_message(timeout=left)
+        event = json.loads(item["data"]) if item and item["type"] == "message" else {}
         if event.get("type") == "done":
             ids.add(event["message"]["id"])
     return ids

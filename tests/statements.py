@@ -9,8 +9,8 @@ have (docs/design.md, "MySQL 8 and MariaDB").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import aiomysql
@@ -109,36 +109,33 @@ def _select_where_without_from(sql: str) -> bool:
     return False
 
 
-@contextmanager
-def recording() -> Iterator[list[str]]:
+def recording() -> AbstractContextManager[list[str]]:
     """Every statement text sent through an aiomysql cursor while the block runs."""
-    seen: list[str] = []
-    execute = aiomysql.Cursor.execute
-
-    async def recorded(self: aiomysql.Cursor, query: str, args: Any = None) -> Any:
-        seen.append(query)
-        return await execute(self, query, args)
-
-    aiomysql.Cursor.execute = recorded
-    try:
-        yield seen
-    finally:
-        aiomysql.Cursor.execute = execute
+    return _recorded(aiomysql.Cursor, "execute", lambda query, args=None: query)
 
 
-@contextmanager
-def commands() -> Iterator[list[str]]:
+def commands() -> AbstractContextManager[list[str]]:
     """Every command the driver sends while the block runs, one round trip each: the statements,
     and the BEGIN and COMMIT that aiomysql sends without a cursor."""
+    return _recorded(
+        aiomysql.Connection,
+        "_execute_command",
+        lambda command, sql: sql if isinstance(sql, str) else sql.decode(errors="replace"),
+    )
+
+
+@contextmanager
+def _recorded(owner: type, method: str, text: Callable[..., str]) -> Iterator[list[str]]:
+    """`owner.method` wrapped while the block runs: what `text` makes of each call's arguments."""
     seen: list[str] = []
-    send = aiomysql.Connection._execute_command
+    original = getattr(owner, method)
 
-    async def recorded(self: aiomysql.Connection, command: int, sql: str | bytes) -> Any:
-        seen.append(sql if isinstance(sql, str) else sql.decode(errors="replace"))
-        return await send(self, command, sql)
+    async def recorded(self: Any, *args: Any) -> Any:
+        seen.append(text(*args))
+        return await original(self, *args)
 
-    aiomysql.Connection._execute_command = recorded
+    setattr(owner, method, recorded)
     try:
         yield seen
     finally:
-        aiomysql.Connection._execute_command = send
+        setattr(owner, method, original)

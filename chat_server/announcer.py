@@ -13,6 +13,10 @@ and Redis sends a publisher's messages to each subscriber in the order it receiv
 announcements may have been lost: the broker degrades, as it does when a publish fails. (Lost
 announcements only delay messages: the database follower finds them; see catchup.py.)
 
+A Redis that refuses `CLIENT REPLY` (an ACL without it) would answer every publish all the same,
+into a socket nobody reads: that is checked when connecting, and such a Redis gets its
+announcements through the shared client, answered, as any other command.
+
 Invariant: `_unheard` holds the send times of this connection's publishes not heard back since
 the last `forget()`, oldest first.
 """
@@ -20,10 +24,13 @@ the last `forget()`, oldest first.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
+
+log = logging.getLogger(__name__)
 
 
 class Announcer:
@@ -32,6 +39,8 @@ class Announcer:
         # No socket timeout: with one, redis-py writes from a task of its own, a loop turn later.
         # The caller bounds the call instead (redis_policy.bounded). Named in CLIENT LIST.
         self._kwargs = {**pool.connection_kwargs, "socket_timeout": None, "client_name": name}
+        self._client = client
+        self._answered = False  # this Redis refuses CLIENT REPLY: publish through the client
         self._connection_class = pool.connection_class
         self.channel = channel
         self._connection: AbstractConnection | None = None
@@ -43,6 +52,9 @@ class Announcer:
         connection = self._connection
         if connection is None or not connection.is_connected:
             connection = await self.connect()
+            if connection is None:  # this Redis refuses CLIENT REPLY: an answered publish
+                await self._client.publish(self.channel, data)
+                return
         try:
             await connection.send_packed_command(
                 connection.pack_command("PUBLISH", self.channel, data), check_health=False
@@ -55,23 +67,31 @@ class Announcer:
             raise
         self._unheard.append(asyncio.get_running_loop().time())
 
-    async def connect(self) -> AbstractConnection:
-        """The connection, connected if it was not."""
+    async def connect(self) -> AbstractConnection | None:
+        """The connection, connected if it was not; None if this Redis refuses CLIENT REPLY."""
         async with self._connecting:
-            if self._connection is None or not self._connection.is_connected:
+            if not self._answered and (self._connection is None or not self._connection.is_connected):
                 self._connection = await self._connect()
             return self._connection
 
-    async def _connect(self) -> AbstractConnection:
+    async def _connect(self) -> AbstractConnection | None:
         connection = self._connection_class(**self._kwargs)
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            # Replies are off from here on: a reconnect (ours, never redis-py's) says so again.
-            await connection.send_packed_command(
-                connection.pack_command("CLIENT", "REPLY", "OFF"), check_health=False
-            )
+            # OFF has no answer and ON answers OK: one OK proves that OFF was taken (a refused
+            # OFF answers an error first). Then replies are off from here on; a reconnect
+            # (ours, never redis-py's) says so again.
+            off, on = ("CLIENT", "REPLY", "OFF"), ("CLIENT", "REPLY", "ON")
+            await connection.send_packed_command(connection.pack_commands([off, on]), check_health=False)
+            await connection.read_response()
+            await connection.send_packed_command(connection.pack_command(*off), check_health=False)
+        except redis.ResponseError as exc:
+            await connection.disconnect(nowait=True)
+            log.warning("redis refuses CLIENT REPLY (%s): announcements are answered publishes", exc)
+            self._answered = True
+            return None
         except BaseException:
-            await connection.disconnect(nowait=True)  # cut off by the caller's bound, or refused
+            await connection.disconnect(nowait=True)  # cut off by the caller's bound
             raise
         return connection
 

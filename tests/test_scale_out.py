@@ -240,6 +240,33 @@ async def test_an_announcement_redis_never_passes_on_is_noticed_and_its_message_
             await follower.stop()
 
 
+@ONE_STORE
+async def test_a_redis_that_refuses_client_reply_gets_answered_announcements(
+    process: Make, private_redis: PrivateRedis, session: aiohttp.ClientSession
+) -> None:
+    """An ACL may refuse CLIENT REPLY: every publish on the announcer's connection would then be
+    answered into a socket that nobody reads, until it filled. It is checked when connecting,
+    and such a Redis gets answered publishes: messages still cross processes through Redis."""
+    admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    admin.acl_setuser(
+        "chat", enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-client|reply"]
+    )
+    url = f"redis://chat@127.0.0.1:{private_redis.port}/0"
+    a, b = await process(url), await process(url)
+    general = a.store.general_id
+    await a.login("ana")
+    follower = await follow(session, b, chat_id=general)
+    try:
+        posted = [(await a.post(general, f"m{n}", "ana"))["id"] for n in range(3)]
+        assert await follower.wait_for(3) == posted
+        assert (a.broker.healthy, b.broker.healthy) == (True, True)  # through Redis, not the table
+        names = [c["name"] for c in admin.client_list()]
+        assert not [name for name in names if name.startswith("chat_server:announcer")], names
+    finally:
+        await follower.stop()
+        admin.close()
+
+
 def _announced(pubsub: redis.client.PubSub, awaited: int) -> set[int]:
     """Ids of the message announcements received, until `awaited` is among them or WAIT passes."""
     ids: set[int] = set()

@@ -28,7 +28,8 @@ CALL_TIMEOUT = 0.5
 # After a failure, callers that can do without Redis ask it again only after this long, so that
 # meanwhile no request waits on it.
 RETRY_PAUSE = 1.0
-# Connections per process at most (the subscription's included).
+# Connections per process at most in the shared pool (the subscription's included; message
+# announcements have one of their own, outside it: announcer.py).
 MAX_CONNECTIONS = 8
 # What a Redis call raises when Redis is down, refuses, or does not answer in time.
 FAILURES = (RedisError, OSError, TimeoutError)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -202,7 +202,7 @@ class RedisBroker(Broker):
         # "done" with a token: what a process of the previous version also understands.
         token = f"{self.process_id}:{message.id}"
         event = {"type": "done", "token": token, "message": message.announcement()}
-        await self._publish(event, announce=self.announcer.publish)
+        await self._publish(event, answered=False)
         self.hub.sequencer.offer(message)
 
     async def chat_created(self, chat: Chat) -> None:
@@ -242,15 +242,13 @@ class RedisBroker(Broker):
         if not await self._publish({"type": "sessions_ended", "keys": keys}):
             self._sessions_ended(keys)
 
-    async def _publish(
-        self, event: dict[str, Any], announce: Callable[[bytes], Awaitable[Any]] | None = None
-    ) -> bool:
-        """Published on the channel (through `announce`, else a pooled connection); False, and
-        degraded, when that failed."""
+    async def _publish(self, event: dict[str, Any], *, answered: bool = True) -> bool:
+        """Published on the channel (`answered`: through the shared client, else the
+        announcer's connection); False, and degraded, when that failed."""
         try:
             async with redis_policy.bounded(PUBLISH_TIMEOUT):
                 data = jsonutil.dumps(event)
-                await (announce(data) if announce else self.redis.publish(self.channel, data))
+                await (self.redis.publish(self.channel, data) if answered else self.announcer.publish(data))
             return True
         except redis_policy.FAILURES as exc:
             self._degrade(f"publish failed: {exc}")

@@ -45,6 +45,7 @@ _MESSAGE_COLUMNS = "SELECT m.id, m.chat_id, m.sender_id, u.username, m.contenido
 _MESSAGE_SELECT = _MESSAGE_COLUMNS + "FROM mensajes_v2 m LEFT JOIN usuarios u ON u.id = m.sender_id "
 INSERT_MESSAGE = "INSERT INTO mensajes_v2 (chat_id, sender_id, contenido, timestamp) VALUES "
 ONE_ROW = "(%s, %s, %s, %s)"
+INSERT_ONE_MESSAGE = INSERT_MESSAGE + ONE_ROW
 
 
 # Users keyed per statement when usuarios.name_key is filled (SQLite allows 32766 parameters).
@@ -686,7 +687,7 @@ class Store(abc.ABC):
             return await self._insert_rows(db, rows)
         if len(rows) == 1:
             upsert = self._inbox_upsert(rows, None, await self._members_on(db, chats))
-            results = await db.atomic([(INSERT_MESSAGE + ONE_ROW, rows[0]), *([upsert] if upsert else [])])
+            results = await db.atomic([(INSERT_ONE_MESSAGE, rows[0]), *([upsert] if upsert else [])])
             return [results[0][1]]
         async with db.transaction() as tx:
             ids = await self._insert_rows(tx, rows)
@@ -703,7 +704,7 @@ class Store(abc.ABC):
             # too: its answer is an OK packet, not a result set for PyMySQL to parse.
             ids = []
             for row in rows:
-                _, new_id = await db.execute(INSERT_MESSAGE + ONE_ROW, row)
+                _, new_id = await db.execute(INSERT_ONE_MESSAGE, row)
                 ids.append(new_id)
         else:
             returned = await db.fetchall(
@@ -724,15 +725,15 @@ class Store(abc.ABC):
         whose id is the last insert's, on the same connection. Rows in key order, so concurrent
         batches lock them in the same order (no deadlock between them)."""
         changes: dict[tuple[int, int], list[int]] = {}  # (chat, user) -> [newest id, new unread]
-        for i, (chat_id, sender_id, *_) in enumerate(rows):
+        for (chat_id, sender_id, *_), message_id in zip(rows, ids or [0], strict=True):
             for user_id in members.get(chat_id, ()):
                 change = changes.setdefault((chat_id, user_id), [0, 0])
-                change[0] = max(change[0], ids[i]) if ids is not None else 0
+                change[0] = max(change[0], message_id)
                 change[1] += user_id != sender_id
         if not changes:
             return None
         keys = sorted(changes)
-        if ids is None:
+        if ids is None:  # the id is not known yet: the INSERT before it, in its transaction, made it
             values = f"(%s, %s, {self.last_insert_id}, %s)"
             args = [v for key in keys for v in (*key, changes[key][1])]
         else:

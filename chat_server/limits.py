@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .errors import ApiError, Conflict, TooManyRequests, Unauthorized
 from .keeper import Keeper
-from .redis_batch import Pipeline, RedisBatch
+from .redis_batch import REFRESH_SPREAD, Pipeline, RedisBatch
 from .redis_policy import FAILURES, RedisGuard
 from .settings import Settings
 
@@ -263,13 +263,14 @@ class RedisStreamSlots(StreamSlots):
         while True:
             await asyncio.sleep(self.ttl / 3)
             with contextlib.suppress(*FAILURES):
-                await self.refresh()
+                await self.refresh(spread=self.ttl * REFRESH_SPREAD)
 
-    async def refresh(self) -> None:
+    async def refresh(self, spread: float = 0.0) -> None:
         """Push back the expiry of this process's open streams, well before it comes, a slice
-        of streams at a time (an owner may have many: slices count streams, not owners)."""
+        of streams at a time (an owner may have many: slices count streams, not owners), the
+        slices paced over `spread` seconds."""
         streams = [(user_id, slot) for user_id, slots in self._local.items() for slot in slots]
-        await self.batch.run_sliced(streams, self._refresh)
+        await self.batch.run_sliced(streams, self._refresh, spread)
 
     def _refresh(self, streams: Sequence[tuple[str, str]], pipe: Pipeline) -> None:
         """Those of `streams` still open when the operation is sent: a dropped one stays dropped."""

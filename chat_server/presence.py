@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .keeper import Keeper
 from .models import User
-from .redis_batch import SLICE, Pipeline, RedisBatch
+from .redis_batch import REFRESH_SPREAD, SLICE, Pipeline, RedisBatch
 from .redis_policy import FAILURES, bounded
 
 log = logging.getLogger(__name__)
@@ -212,14 +212,14 @@ class RedisPresence(Presence):
         while True:
             await asyncio.sleep(self.ttl / 3)
             with contextlib.suppress(*FAILURES):
-                await self.refresh()
+                await self.refresh(spread=self.ttl * REFRESH_SPREAD)
                 await self.sweep()
 
-    async def refresh(self) -> None:
-        """Push back the expiry of this process's users, a slice at a time. Who of a slice is
-        online is read when its operation is sent, after any leave queued before it: a user who
-        just left is not written back."""
-        await self.batch.run_sliced(list(self._local), self._rejoin)
+    async def refresh(self, spread: float = 0.0) -> None:
+        """Push back the expiry of this process's users, a slice at a time, the slices paced
+        over `spread` seconds. Who of a slice is online is read when its operation is sent,
+        after any leave queued before it: a user who just left is not written back."""
+        await self.batch.run_sliced(list(self._local), self._rejoin, spread)
 
     def _rejoin(self, user_ids: Sequence[int], pipe: Pipeline) -> None:
         self._join(pipe, *(u for u in user_ids if u in self._local))

@@ -57,7 +57,8 @@ class RedisCounts:
 class Watch:
     """`async with Watch(url) as seen:` every command Redis runs in the block, each a list of
     words: all of them in `seen.commands`, and those of each MULTI/EXEC in `seen.transactions`
-    (complete once the block is left). Read from MONITOR: what Redis itself received."""
+    (complete once the block is left), with when Redis ran each EXEC (`seen.exec_times`, its
+    clock's seconds). Read from MONITOR: what Redis itself received."""
 
     DONE = "watch-done"
 
@@ -65,6 +66,7 @@ class Watch:
         self.client = redis.asyncio.Redis.from_url(url)
         self.commands: list[list[str]] = []
         self.transactions: list[list[list[str]]] = []
+        self.exec_times: list[float] = []
         self._watching: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Watch:
@@ -94,6 +96,7 @@ class Watch:
                     open_[client] = []
                 elif words[0] == "EXEC":
                     self.transactions.append(open_.pop(client))
+                    self.exec_times.append(float(seen["time"]))
                 elif client in open_:
                     open_[client].append(words)
 

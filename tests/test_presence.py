@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -163,12 +164,17 @@ async def test_processes_joining_or_leaving_a_user_at_once_announce_it_exactly_o
             await client.aclose()
 
 
+# A refresh's spread in the tests: long enough to tell paced slices from ones sent back to back.
+SPREAD = 0.6
+
+
 async def test_a_refresh_goes_a_slice_of_users_per_transaction_and_writes_back_no_one_who_left(
     private_redis: PrivateRedis,  # noqa: F811
 ) -> None:
     """Thousands online: no MULTI/EXEC of the refresh holds more than a slice's ZADDs (one of
-    thousands stalled the process), every entry's expiry moves on, and a user who leaves while
-    the refresh goes is not written back."""
+    thousands stalled the process), the slices are paced over the refresh's spread (slices sent
+    back to back held the loop for most of it), every entry's expiry moves on, and a user who
+    leaves while the refresh goes is not written back."""
 
     async def announce(user_id: int, online: bool) -> None:
         pass
@@ -184,7 +190,7 @@ async def test_a_refresh_goes_a_slice_of_users_per_transaction_and_writes_back_n
         before = await scores(client, "ns:presence")
         assert len(before) == len(users)
         async with Watch(private_redis.url) as seen:
-            await asyncio.gather(presence.refresh(), presence._exit(leaver))
+            await asyncio.gather(presence.refresh(spread=SPREAD), presence._exit(leaver))
         after = await scores(client, "ns:presence")
         assert after.keys() == before.keys() - {f"{leaver}:p0".encode()}
         assert all(after[entry] > before[entry] for entry in after)
@@ -192,6 +198,12 @@ async def test_a_refresh_goes_a_slice_of_users_per_transaction_and_writes_back_n
         zadds = [sum(words[0] == "ZADD" for words in t) for t in seen.transactions]
         assert sum(zadds) == 2 * (len(users) - 1)
         assert max(zadds) <= 2 * SLICE, zadds
+        # Each slice was sent at least its share of the spread after the one before (a slow
+        # machine only widens the gaps).
+        slices = [at for at, zadd in zip(seen.exec_times, zadds, strict=True) if zadd]
+        assert len(slices) == 3  # the fourth holds only the user who left: nothing to write
+        gaps = [later - earlier for earlier, later in itertools.pairwise(slices)]
+        assert min(gaps) >= SPREAD / 4 * 0.99, gaps
     finally:
         await presence.close()
         await batch.close()

@@ -15,6 +15,7 @@ from .edge import MAX_BODY_BYTES, decode_headers
 from .errors import error_middleware
 from .hub import Hub, hub_key
 from .keeper import Keeper, keeper_key
+from .leases import Lease, lease_key
 from .limits import Limits, RateLimiter, RedisRateLimiter, RedisStreamSlots, StreamSlots, limits_key
 from .presence import LocalPresence, Presence, RedisPresence, presence_key
 from .proxies import TrustedProxies, proxy_middleware
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_hub_ctx)
     app.cleanup_ctx.append(_broker_ctx)
     app.cleanup_ctx.append(_redis_batch_ctx)
+    app.cleanup_ctx.append(_lease_ctx)
     app.cleanup_ctx.append(_presence_ctx)
     app.cleanup_ctx.append(_limits_ctx)
     app.cleanup_ctx.append(_sessions_ctx)
@@ -121,6 +123,20 @@ async def _redis_batch_ctx(app: web.Application) -> AsyncIterator[None]:
     await batch.close()
 
 
+async def _lease_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The process's lease, under which presence and the stream cap keep their records (after
+    them, it closes: their last writes go out under it)."""
+    broker = app[broker_key]
+    if not isinstance(broker, RedisBroker):
+        yield
+        return
+    ttl = app[settings_key].presence_ttl
+    lease = app[lease_key] = Lease(app[redis_batch_key], broker.channel, broker.process_id, ttl)
+    await lease.start(app[keeper_key])
+    yield
+    await lease.close()
+
+
 async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = app[broker_key]
 
@@ -129,8 +145,7 @@ async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
 
     presence: Presence
     if isinstance(broker, RedisBroker):
-        ttl = app[settings_key].presence_ttl
-        presence = RedisPresence(announce, app[redis_batch_key], broker.channel, broker.process_id, ttl)
+        presence = RedisPresence(announce, app[lease_key])
     else:
         presence = LocalPresence(announce)
     await presence.start(app[keeper_key])
@@ -147,7 +162,7 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
     if isinstance(broker, RedisBroker):
         batch = app[redis_batch_key]
         rates = RedisRateLimiter(batch, broker.channel)
-        slots = RedisStreamSlots(batch, broker.channel, broker.process_id, settings.presence_ttl)
+        slots = RedisStreamSlots(app[lease_key])
     else:
         rates, slots = RateLimiter(), StreamSlots()
     await slots.start(app[keeper_key])

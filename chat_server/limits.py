@@ -2,9 +2,9 @@
 
 Counters live in this process, or in Redis when the app has one, so that every process shares
 them. Rate limits are fixed windows aligned on the clock (INCR and PEXPIRE of one key per
-window), so all processes agree on when a window ends. Open streams are a sorted set per user
-of "stream -> expiry", refreshed while the stream is open, so the streams of a process that died
-stop counting after the expiry, as with presence. If Redis does not answer, the in-process
+window), so all processes agree on when a window ends. Open streams are counted per owner and
+process under the process's lease (leases.py), so the streams of a process that died stop
+counting when its lease ends, as with presence. If Redis does not answer, the in-process
 counters decide: a limit is then per process, but no request fails because Redis is away.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import math
 import time
@@ -22,7 +23,8 @@ from aiohttp import web
 
 from .errors import ApiError, Conflict, TooManyRequests, Unauthorized
 from .keeper import Keeper
-from .redis_batch import REFRESH_SPREAD, Pipeline, RedisBatch
+from .leases import Lease, text
+from .redis_batch import SLICE, Pipeline, RedisBatch
 from .redis_policy import FAILURES, RedisGuard
 from .settings import Settings
 
@@ -205,83 +207,90 @@ class _Slot:
 
 
 class RedisStreamSlots(StreamSlots):
-    """Adds, drops and refreshes go through the process's `RedisBatch`, so they reach Redis in
-    the order they were made: a refresh never writes back a slot dropped before it."""
+    """Each owner's open streams per process, in Redis under this process's lease (leases.py):
+    a hash per owner of entry -> that entry's count, and a set per entry of its owners (what a
+    sweep undoes). Streams count while their entry holds a live lease. Adds and drops go through
+    the process's `RedisBatch`, so they reach Redis in the order made; each writes the owner's
+    count here as it is when sent (not plus or minus one), so a write that was lost is made good
+    by the next one."""
 
-    def __init__(self, batch: RedisBatch, namespace: str, process_id: str, ttl: float) -> None:
+    def __init__(self, lease: Lease) -> None:
         super().__init__()
-        self.batch = batch
-        self.namespace = namespace
-        self.process_id = process_id
-        self.ttl = ttl
+        self.lease = lease
+        self.batch = lease.batch
+        self.namespace = lease.namespace
         self.guard = RedisGuard("stream cap")
-        self._keeper: Keeper | None = None
+        lease.holders.append(self)
 
     def _key(self, user_id: str) -> str:
         return f"{self.namespace}:streams:{user_id}"
 
-    def _member(self, slot: str) -> str:
-        return f"{self.process_id}:{slot}"
+    def _owners_of(self, entry: str) -> str:
+        return f"{self.namespace}:streams:of:{entry}"
 
     async def _count_with(self, user_id: str, slot: str) -> int:
         local = await super()._count_with(user_id, slot)
         if not self.guard.ready():
+            self.lease.spoil()  # written under a new entry at the next renewal
             return local
-        key = self._key(user_id)
 
         def add(pipe: Pipeline) -> None:
-            now = time.time()
-            pipe.zremrangebyscore(key, "-inf", now)  # streams of processes that died
-            pipe.zadd(key, {self._member(slot): now + self.ttl})
-            pipe.zcard(key)
-            pipe.pexpire(key, math.ceil(self.ttl * 1000))
+            self._write(pipe, user_id)
+            pipe.hgetall(self._key(user_id))
+            self.lease.live(pipe)
 
         try:
-            _, _, count, _ = await self.batch.run(add)
+            *_, counts, live = await self.batch.run(add)
         except FAILURES as exc:
             self.guard.failed(exc)
+            self.lease.spoil()
             return local
         self.guard.succeeded()
-        return int(count)
+        alive = Lease.live_entries(live)
+        return local + sum(
+            int(n) for e, n in counts.items() if (entry := text(e)) in alive and not self.lease.is_own(entry)
+        )
 
     async def _drop(self, user_id: str, slot: str) -> None:
         await super()._drop(user_id, slot)
-        if not self.guard.ready():
-            return  # the entry expires in Redis by itself
-        with contextlib.suppress(*FAILURES):
-            await self.batch.run(lambda pipe: pipe.zrem(self._key(user_id), self._member(slot)))
+        try:
+            if not self.guard.ready():
+                raise ConnectionError("redis is being skipped")
+            await self.batch.run(lambda pipe: self._write(pipe, user_id))
+        except FAILURES:
+            self.lease.spoil()  # written under a new entry at the next renewal
 
-    async def start(self, keeper: Keeper) -> None:
-        self._keeper = keeper
-        keeper.spawn("stream-slots-refresh", self._refresh_forever)
+    def _write(self, pipe: Pipeline, user_id: str) -> None:
+        """The owner's streams here, as they are when the operation is sent."""
+        count, entry = len(self._local.get(user_id, ())), self.lease.entry
+        if count:
+            pipe.hset(self._key(user_id), entry, count)
+            pipe.sadd(self._owners_of(entry), user_id)
+        else:
+            pipe.hdel(self._key(user_id), entry)
+            pipe.srem(self._owners_of(entry), user_id)
 
-    async def close(self) -> None:
-        if self._keeper is not None:
-            await self._keeper.stop("stream-slots-refresh")
+    async def rewrite(self, spread: float) -> None:
+        """Every owner's count, again under the lease's new entry, a slice of owners at a time
+        paced over `spread` seconds."""
+        await self.batch.run_sliced(list(self._local), self._rewrite, spread)
 
-    async def _refresh_forever(self) -> None:
+    def _rewrite(self, owners: Sequence[str], pipe: Pipeline) -> None:
+        for owner in owners:
+            self._write(pipe, owner)
+
+    async def sweep(self, entry: str) -> None:
+        """Forget the counts of an entry whose lease ended, a slice of owners at a time."""
         while True:
-            await asyncio.sleep(self.ttl / 3)
-            with contextlib.suppress(*FAILURES):
-                await self.refresh(spread=self.ttl * REFRESH_SPREAD)
+            (owners,) = await self.batch.run(lambda pipe: pipe.spop(self._owners_of(entry), SLICE))
+            if owners:
+                await self.batch.run(functools.partial(self._forget, entry, owners))
+            if len(owners or ()) < SLICE:
+                return
 
-    async def refresh(self, spread: float = 0.0) -> None:
-        """Push back the expiry of this process's open streams, well before it comes, a slice
-        of streams at a time (an owner may have many: slices count streams, not owners), the
-        slices paced over `spread` seconds."""
-        streams = [(user_id, slot) for user_id, slots in self._local.items() for slot in slots]
-        await self.batch.run_sliced(streams, self._refresh, spread)
-
-    def _refresh(self, streams: Sequence[tuple[str, str]], pipe: Pipeline) -> None:
-        """Those of `streams` still open when the operation is sent: a dropped one stays dropped."""
-        expires = time.time() + self.ttl
-        by_user: dict[str, dict[str, float]] = {}
-        for user_id, slot in streams:
-            if slot in self._local.get(user_id, ()):
-                by_user.setdefault(user_id, {})[self._member(slot)] = expires
-        for user_id, members in by_user.items():
-            pipe.zadd(self._key(user_id), members)
-            pipe.pexpire(self._key(user_id), math.ceil(self.ttl * 1000))
+    def _forget(self, entry: str, owners: list[bytes], pipe: Pipeline) -> None:
+        for owner in owners:
+            pipe.hdel(self._key(text(owner)), entry)
 
 
 class Limits:

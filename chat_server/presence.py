@@ -1,9 +1,9 @@
 """Who is online: a user is, while at least one stream of theirs is open on any process.
 
-In-process, a count per user. With Redis, each process keeps its own counts and records
-"user U is on process P until T" in a sorted set per user, refreshed well before T; a process
-that dies stops refreshing, and whichever process sweeps the expired entry first announces the
-user offline. Changes reach the per-user streams of the user's DM partners as `event: presence`,
+In-process, a count per user. With Redis, each process keeps its own counts and records "user U
+is online on entry E" (E: the process's lease, leases.py); a process that dies stops renewing its
+lease, its users stop counting when it ends, and whichever process claims the ended lease first
+announces them offline. Changes reach the per-user streams of the user's DM partners as `event: presence`,
 told in the background (a stream's setup does not wait for it), one user's in the order made.
 """
 
@@ -14,14 +14,14 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
 
 from .keeper import Keeper
+from .leases import Lease
 from .models import User
-from .redis_batch import REFRESH_SPREAD, SLICE, Pipeline, RedisBatch
+from .redis_batch import SLICE, Pipeline
 from .redis_policy import FAILURES, bounded
 
 log = logging.getLogger(__name__)
@@ -115,68 +115,64 @@ class LocalPresence(Presence):
 
 
 class RedisPresence(Presence):
-    """Joins, leaves and refreshes go through the process's `RedisBatch`: one round trip per
-    first or last stream (and fewer in a burst), each check-and-write atomic."""
+    """Who is online on which process, in Redis, under this process's lease (leases.py): a set
+    per user of the entries with the user online, and a set per entry of its users (what a sweep
+    undoes). A user is online while one of their entries holds a live lease. Joins and leaves go
+    through the process's `RedisBatch`: one round trip per first or last stream (and fewer in a
+    burst), each check-and-write atomic."""
 
-    def __init__(
-        self, announce: Announce, batch: RedisBatch, namespace: str, process_id: str, ttl: float
-    ) -> None:
+    def __init__(self, announce: Announce, lease: Lease) -> None:
         super().__init__(announce)
-        self.batch = batch
-        self.redis = batch.client
-        self.namespace = namespace
-        self.process_id = process_id
-        self.ttl = ttl
-        self._keeper: Keeper | None = None
+        self.lease = lease
+        self.batch = lease.batch
+        self.namespace = lease.namespace
+        lease.holders.append(self)
 
     def _key(self, user_id: int) -> str:
         return f"{self.namespace}:presence:{user_id}"
 
-    @property
-    def _expiries(self) -> str:
-        """Every (user, process) entry with its expiry, for sweeping."""
-        return f"{self.namespace}:presence"
-
-    async def start(self, keeper: Keeper) -> None:
-        self._keeper = keeper
-        keeper.spawn("presence-refresh", self._refresh_forever)
+    def _users_of(self, entry: str) -> str:
+        return f"{self.namespace}:presence:of:{entry}"
 
     async def close(self) -> None:
         await super().close()
-        if self._keeper is not None:
-            await self._keeper.stop("presence-refresh")
         users = list(self._local)
         if users:
-            with contextlib.suppress(*FAILURES):  # else the entries expire by themselves
+            with contextlib.suppress(*FAILURES):  # else they stop counting with the lease
                 await self.batch.run(lambda pipe: self._leave(pipe, *users))
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(user_ids)
         if not ids:
             return set()
-        now = time.time()
         try:
-            async with bounded(), self.redis.pipeline(transaction=False) as pipe:
+            async with bounded(), self.batch.client.pipeline(transaction=False) as pipe:
+                self.lease.live(pipe)
                 for user_id in ids:
-                    pipe.zcount(self._key(user_id), now, "+inf")
-                counts = await pipe.execute()
+                    pipe.smembers(self._key(user_id))
+                live, *entries = await pipe.execute()
         except FAILURES:
             return {u for u in ids if u in self._local}  # Redis away: what this process knows
-        return {u for u, n in zip(ids, counts, strict=True) if n}
+        alive = Lease.live_entries(live)
+        return {u for u, held in zip(ids, entries, strict=True) if alive & Lease.live_entries(held)}
 
     # Redis away or silent: presence fails open. The stream goes on, the user counts as online
-    # in this process and is announced (the refresher records them once Redis answers).
-    # Announced only when no other process has the user online: their partners were told then.
+    # in this process and is announced, and the lease is spoiled: its next renewal writes every
+    # user again under a new entry (leases.py). Announced only when no other process has the
+    # user online: their partners were told then.
 
     async def _first_stream(self, user_id: int) -> None:
         def join(pipe: Pipeline) -> None:
-            pipe.zrangebyscore(self._key(user_id), time.time(), "+inf")  # before our own entry
+            pipe.smembers(self._key(user_id))  # before our own entry
+            self.lease.live(pipe)
             self._join(pipe, user_id)
 
         try:
-            others = self._others((await self.batch.run(join))[0])
+            held, live, *_ = await self.batch.run(join)
+            others = self._others(held, live)
         except FAILURES as exc:
             log.warning("presence: redis unreachable (%r)", exc)
+            self.lease.spoil()
             others = 0
         if not others:
             self._tell(user_id, True)
@@ -184,72 +180,68 @@ class RedisPresence(Presence):
     async def _last_stream(self, user_id: int) -> None:
         def leave(pipe: Pipeline) -> None:
             self._leave(pipe, user_id)
-            pipe.zrangebyscore(self._key(user_id), time.time(), "+inf")
+            pipe.smembers(self._key(user_id))
+            self.lease.live(pipe)
 
         try:
-            others = self._others((await self.batch.run(leave))[-1])
+            *_, held, live = await self.batch.run(leave)
+            others = self._others(held, live)
         except FAILURES as exc:
             log.warning("presence: redis unreachable (%r)", exc)
+            self.lease.spoil()
             others = 0
         if not others:
             await self._tell(user_id, False)
 
-    def _others(self, members: list[bytes]) -> int:
-        return sum(_text(m) != self.process_id for m in members)
+    def _others(self, held: Iterable[bytes], live: Iterable[bytes]) -> int:
+        """Live entries of other processes among those that hold a user."""
+        holding = Lease.live_entries(held) & Lease.live_entries(live)
+        return sum(not self.lease.is_own(entry) for entry in holding)
 
     def _join(self, pipe: Pipeline, *user_ids: int) -> None:
-        expires = time.time() + self.ttl
-        for user_id in user_ids:
-            pipe.zadd(self._key(user_id), {self.process_id: expires})
-            pipe.zadd(self._expiries, {f"{user_id}:{self.process_id}": expires})
+        if user_ids:
+            entry = self.lease.entry
+            for user_id in user_ids:
+                pipe.sadd(self._key(user_id), entry)
+            pipe.sadd(self._users_of(entry), *user_ids)
 
     def _leave(self, pipe: Pipeline, *user_ids: int) -> None:
-        for user_id in user_ids:
-            pipe.zrem(self._key(user_id), self.process_id)
-            pipe.zrem(self._expiries, f"{user_id}:{self.process_id}")
+        if user_ids:
+            entry = self.lease.entry
+            for user_id in user_ids:
+                pipe.srem(self._key(user_id), entry)
+            pipe.srem(self._users_of(entry), *user_ids)
 
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 3)
-            with contextlib.suppress(*FAILURES):
-                await self.refresh(spread=self.ttl * REFRESH_SPREAD)
-                await self.sweep()
-
-    async def refresh(self, spread: float = 0.0) -> None:
-        """Push back the expiry of this process's users, a slice at a time, the slices paced
-        over `spread` seconds. Who of a slice is online is read when its operation is sent,
-        after any leave queued before it: a user who just left is not written back."""
+    async def rewrite(self, spread: float) -> None:
+        """Every user online here, again under the lease's new entry, a slice at a time paced
+        over `spread` seconds. Who of a slice is online is read when its operation is sent, after
+        any leave queued before it: a user who just left is not written back."""
         await self.batch.run_sliced(list(self._local), self._rejoin, spread)
 
     def _rejoin(self, user_ids: Sequence[int], pipe: Pipeline) -> None:
         self._join(pipe, *(u for u in user_ids if u in self._local))
 
-    async def sweep(self) -> None:
-        """Entries of processes that stopped refreshing: their users may have gone offline. Read
-        a slice at a time (a dead process may leave 20,000), each removed before the next read."""
+    async def sweep(self, entry: str) -> None:
+        """The users of an entry whose lease ended: each is announced offline unless another live
+        entry holds them. Taken a slice at a time (a dead process may leave 20,000)."""
         while True:
-            async with bounded():
-                found = await self.redis.zrangebyscore(
-                    self._expiries, "-inf", time.time(), start=0, num=SLICE
-                )
-            await self._sweep_entries([_text(m) for m in found])
-            if len(found) < SLICE:
+            (users,) = await self.batch.run(lambda pipe: pipe.spop(self._users_of(entry), SLICE))
+            user_ids = [int(u) for u in users or ()]
+            if user_ids:
+                live, *replies = await self.batch.run(functools.partial(self._forget, entry, user_ids))
+                alive = Lease.live_entries(live)
+                for user_id, held in zip(user_ids, replies[1::2], strict=True):
+                    if not alive & Lease.live_entries(held):
+                        await self._tell(user_id, False)
+            if len(user_ids) < SLICE:
                 return
 
-    async def _sweep_entries(self, expired: list[str]) -> None:
-        for entry in expired:
-            user_id, _, process_id = entry.partition(":")
-            async with bounded():
-                if not await self.redis.zrem(self._expiries, entry):
-                    continue  # another process swept it first
-                await self.redis.zrem(self._key(int(user_id)), process_id)
-                online = await self.redis.zcount(self._key(int(user_id)), time.time(), "+inf")
-            if not online:
-                await self._tell(int(user_id), False)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    def _forget(self, entry: str, user_ids: list[int], pipe: Pipeline) -> None:
+        """Drop the entry from each user's set, and read who else holds them."""
+        self.lease.live(pipe)
+        for user_id in user_ids:
+            pipe.srem(self._key(user_id), entry)
+            pipe.smembers(self._key(user_id))
 
 
 class _Online:

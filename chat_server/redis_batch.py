@@ -10,18 +10,18 @@ one fills, so a burst of 500 connects costs a few round trips and one connection
 Invariant: batches go one at a time, in the order their operations were queued, and each
 operation's commands run together (MULTI/EXEC) when their batch runs. (Only a batch all of
 whose callers gave up during a Redis stall is abandoned; if it still lands later, what it wrote
-expires with its TTL like the entries of a dead process.) So a read-then-write
+is made good by the lease's next entry, leases.py.) So a read-then-write
 (presence: "anyone else online? I am") is atomic, and an operation queued after another (a
-stream's slot dropped after it was added, a refresh after a leave) is applied after it.
+stream's slot dropped after it was added, a rewrite after a leave) is applied after it.
 The commands are written into the pipeline when the batch is sent, not when queued: a
-periodic refresh queued before a leave writes what is open when it actually runs.
+rewrite queued before a leave writes what is open when it actually runs.
 
-Work over every online user or open stream (the periodic refreshes) goes `SLICE` of them per
-operation, each queued once the one before is done (`run_sliced`), the slices paced over a
-stretch of time: one MULTI/EXEC of 40,000 commands, built and parsed by redis-py in one loop
-turn, stalled every post and delivery of the process for 100+ ms, and 500-user slices sent back
-to back still held the loop 8-41 ms each, which made the `chats` p99 with Redis 3 x the one
-without; sliced and paced, the connects' joins and leaves and the posts go out between slices.
+Work over every online user or open stream (a lost lease's rewrite, a sweep) goes `SLICE` of
+them per operation, each queued once the one before is done (`run_sliced`), the slices paced
+over a stretch of time: one MULTI/EXEC of 40,000 commands, built and parsed by redis-py in one
+loop turn, stalled every post and delivery of the process for 100+ ms, and 500-user slices sent
+back to back still held the loop 8-41 ms each; sliced and paced, the connects' joins and leaves
+and the posts go out between slices.
 """
 
 from __future__ import annotations
@@ -45,9 +45,8 @@ Batch = list[tuple[Commands, "asyncio.Future[list[Any]]"]]
 MAX_BATCH = 1000
 # Users or streams per operation of `run_sliced`: 200 commands, a loop turn of a few ms.
 SLICE = 100
-# A periodic refresh (every third of the TTL) paces its slices over this fraction of the TTL: an
-# entry is refreshed at most half a TTL after the last time, well before it expires.
-REFRESH_SPREAD = 1 / 6
+# A lost lease's rewrite paces its slices over this fraction of the TTL (leases.py).
+REWRITE_SPREAD = 1 / 6
 
 T = TypeVar("T")
 

@@ -13,12 +13,14 @@ import redis.asyncio
 from aiohttp import ClientResponse
 
 from chat_server.app import create_app
+from chat_server.errors import TooManyRequests
+from chat_server.leases import Lease
 from chat_server.limits import SWEEP_AT, LocalCounters, Rate, RedisStreamSlots
 from chat_server.redis_batch import SLICE, RedisBatch
 from chat_server.settings import Settings
 
 from .chat_client import WAIT, AiohttpClient, ChatClient
-from .redis_counts import Watch, scores
+from .redis_counts import Watch
 from .services import PrivateRedis
 from .test_scale_out import private_redis, shared_redis  # noqa: F401 - fixtures
 
@@ -289,41 +291,40 @@ async def test_a_body_sent_a_byte_at_a_time_is_cut_off(make_client: MakeClient) 
     assert await client.store.get_user(username="x") is None
 
 
-async def test_a_slot_refresh_goes_a_slice_of_streams_per_transaction_and_writes_back_no_dropped_slot(
+async def test_a_lost_lease_writes_every_owners_streams_again_and_no_dropped_slot(
     private_redis: PrivateRedis,  # noqa: F811
 ) -> None:
-    """Thousands of streams, many per owner: no MULTI/EXEC of the refresh writes more than a
-    slice of them, every slot's expiry moves on, and a slot dropped while it goes stays dropped."""
+    """Thousands of streams, many per owner, on a process whose lease was lost: each owner's
+    count is written again under the new entry, no MULTI/EXEC holding more than a slice of
+    owners, and a slot dropped meanwhile stays dropped. Another process counts them all."""
     client = redis.asyncio.Redis.from_url(private_redis.url)
-    batch = RedisBatch(client)
-    slots = RedisStreamSlots(batch, "ns", "p0", ttl=60)
-    owners = [str(n) for n in range(40)]
+    batches = [RedisBatch(client), RedisBatch(client)]
+    lease, other = (Lease(batch, "ns", f"p{i}", ttl=60) for i, batch in enumerate(batches))
+    slots, elsewhere = RedisStreamSlots(lease), RedisStreamSlots(other)
+    owners = [str(n) for n in range(3 * SLICE // 2)]
     try:
+        await lease.take()
+        await other.take()
         async with contextlib.AsyncExitStack() as held:
-            for n in range(3 * SLICE):
+            for n in range(3 * SLICE):  # two streams per owner
                 await held.enter_async_context(slots.hold(owners[n % len(owners)], cap=SLICE))
             dropped = slots.hold(owners[-1], cap=SLICE)  # in the last slice
             await dropped.__aenter__()
-            before = await all_slots(client, owners)
+            old = lease.entry
+            await client.zrem(lease.key, old)  # claimed by another process
             async with Watch(private_redis.url) as seen:
-                await asyncio.gather(slots.refresh(), dropped.__aexit__(None, None, None))
-            after = await all_slots(client, owners)
-            assert len(after) == 3 * SLICE
-            assert after.keys() < before.keys()  # all but the dropped one
-            assert all(after[slot] > before[slot] for slot in after)
-            # ZADD key score member score member ...: the slots each transaction wrote.
-            written = [sum(len(c[2:]) // 2 for c in t if c[0] == "ZADD") for t in seen.transactions]
-            assert sum(written) >= 3 * SLICE
+                await asyncio.gather(lease.keep(spread=0), dropped.__aexit__(None, None, None))
+            counts = {owner: await client.hget(f"ns:streams:{owner}", lease.entry) for owner in owners}
+            assert counts == dict.fromkeys(owners, b"2")
+            written = [sum(words[0] == "HSET" for words in t) for t in seen.transactions]
             assert max(written) <= SLICE, written
+            # Counted by another process: these two and its own new one.
+            async with elsewhere.hold(owners[-1], cap=3):
+                pass
+            with pytest.raises(TooManyRequests):
+                async with elsewhere.hold(owners[-1], cap=2):
+                    pass
     finally:
-        await batch.close()
+        for batch in batches:
+            await batch.close()
         await client.aclose()
-
-
-async def all_slots(client: redis.asyncio.Redis, owners: list[str]) -> dict[tuple[str, bytes], float]:
-    """Every slot in Redis with its expiry."""
-    return {
-        (owner, member): expiry
-        for owner in owners
-        for member, expiry in (await scores(client, f"ns:streams:{owner}")).items()
-    }

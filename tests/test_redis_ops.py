@@ -27,10 +27,11 @@ from .redis_counts import RedisCounts
 from .services import PrivateRedis
 from .test_presence import next_presence
 
-# Per stream connect of a user with a DM (stream cap on): the slot (one transaction) and the
-# presence join (one transaction: "anyone else online?" and "I am"), then the announcement.
-PER_CONNECT = {"multi": 2, "exec": 2, "zremrangebyscore": 1, "zadd": 3, "zcard": 1, "pexpire": 1}
-PER_CONNECT |= {"zrangebyscore": 1, "publish": 1}
+# Per stream connect of a user with a DM (stream cap on): the slot (one transaction: "my count
+# here is n", read every process's) and the presence join (one transaction: "anyone else online?"
+# and "I am"), each reading which leases are live; then the announcement.
+PER_CONNECT = {"multi": 2, "exec": 2, "hset": 1, "sadd": 3, "hgetall": 1, "smembers": 1}
+PER_CONNECT |= {"zrangebyscore": 2, "publish": 1}
 CONNECT_ROUND_TRIPS = 3
 # Per post (rate limits on): the address's counter, then the user's (one transaction each: the
 # address is checked before the user is known), and the message's one announcement.
@@ -38,7 +39,15 @@ PER_POST = {"multi": 2, "exec": 2, "incrby": 2, "pexpire": 2, "publish": 1}
 POST_ROUND_TRIPS = 3
 # Per disconnect: the presence leave (one transaction: "I left", "anyone else?"), the
 # announcement, the slot's drop.
-PER_DISCONNECT = {"multi": 2, "exec": 2, "zrem": 3, "zrangebyscore": 1, "publish": 1}
+PER_DISCONNECT = {
+    "multi": 2,
+    "exec": 2,
+    "srem": 3,
+    "hdel": 1,
+    "smembers": 1,
+    "zrangebyscore": 1,
+    "publish": 1,
+}
 DISCONNECT_ROUND_TRIPS = 3
 # Each process publishes a heartbeat this often (broker.HEARTBEAT_SECONDS), and the test's own
 # INFO calls are round trips too.
@@ -103,7 +112,7 @@ async def test_redis_commands_and_round_trips_per_connect_post_and_disconnect(
         streams.append(await (a if i % 2 else b).open_stream({"username": name}))
         assert (await next_presence(admin))["online"] is True  # its last step is done
     calls = check(counts, PER_CONNECT, CONNECT_ROUND_TRIPS, USERS)
-    assert calls["zrangebyscore"] == USERS  # what was bounded did happen
+    assert calls["smembers"] == USERS  # what was bounded did happen
 
     counts.reset()
     for i, name in enumerate(names):
@@ -117,7 +126,7 @@ async def test_redis_commands_and_round_trips_per_connect_post_and_disconnect(
     offline = [await next_presence(admin) for _ in names]
     assert {event["username"] for event in offline if event["online"] is False} == set(names)
     calls = check(counts, PER_DISCONNECT, DISCONNECT_ROUND_TRIPS, USERS)
-    assert calls["zrem"] >= 2 * USERS  # every presence leave
+    assert calls["srem"] >= 2 * USERS  # every presence leave
 
 
 def incr(key: str) -> Commands:

@@ -10,6 +10,7 @@ import pytest
 
 from chat_server import redis_policy, service
 from chat_server.app import create_app
+from chat_server.leases import Lease
 from chat_server.limits import RedisStreamSlots
 from chat_server.models import Message, User, utc_now
 from chat_server.presence import RedisPresence
@@ -148,8 +149,9 @@ async def test_setup_cancelled_while_redis_is_silent_leaves_no_slot_and_no_prese
     async with TcpProxy(port) as proxy:
         client = redis_policy.connect(f"redis://127.0.0.1:{proxy.port}/0")
         batch = RedisBatch(client)
-        slots = RedisStreamSlots(batch, namespace, "p1", ttl=30)
-        presence = RedisPresence(announce, batch, namespace, "p1", ttl=30)
+        lease = Lease(batch, namespace, "p1", ttl=30)
+        slots = RedisStreamSlots(lease)
+        presence = RedisPresence(announce, lease)
         try:
             proxy.stall()
             # A silent Redis holds up neither (they fail open): well within redis-py's own

@@ -122,19 +122,23 @@ class Lease:
             await self.take()
             for holder in self.holders:
                 await holder.rewrite(spread)
-            await self.batch.run(lambda pipe: pipe.zadd(self.key, {old: 0}, xx=True))  # if still there
+            await self._end(old)
             self._made_good = spoiled
         for entry in await self._claim_ended():
             for holder in self.holders:
                 await holder.sweep(entry)
 
     async def close(self) -> None:
-        """Give the lease up: the records left under it stop counting at once."""
+        """Give the lease up: the records left under it stop counting at once, and the next
+        process to sweep undoes them."""
         if self._keeper is not None:
             await self._keeper.stop("lease")
-        entry = self.entry
         with contextlib.suppress(*FAILURES):
-            await self.batch.run(lambda pipe: pipe.zrem(self.key, entry))
+            await self._end(self.entry)
+
+    async def _end(self, entry: str) -> None:
+        """End an entry's lease now (if it is still there), for a sweep to claim."""
+        await self.batch.run(lambda pipe: pipe.zadd(self.key, {entry: 0}, xx=True))
 
     async def take(self) -> None:
         """Write this process's entry with a fresh lease."""

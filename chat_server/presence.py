@@ -230,9 +230,15 @@ class RedisPresence(Presence):
             if user_ids:
                 live, *replies = await self.batch.run(functools.partial(self._forget, entry, user_ids))
                 alive = Lease.live_entries(live)
-                for user_id, held in zip(user_ids, replies[1::2], strict=True):
-                    if not alive & Lease.live_entries(held):
-                        await self._tell(user_id, False)
+                # Told a slice at once: one by one, 20,000 users would hold up the lease's
+                # renewal, which waits for this sweep, past the TTL.
+                gone = [
+                    u
+                    for u, held in zip(user_ids, replies[1::2], strict=True)
+                    if not alive & Lease.live_entries(held)
+                ]
+                if gone:
+                    await asyncio.wait([self._tell(user_id, False) for user_id in gone])
             if len(user_ids) < SLICE:
                 return
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -324,6 +325,37 @@ async def test_a_lost_lease_writes_every_owners_streams_again_and_no_dropped_slo
             with pytest.raises(TooManyRequests):
                 async with elsewhere.hold(owners[-1], cap=2):
                     pass
+    finally:
+        for batch in batches:
+            await batch.close()
+        await client.aclose()
+
+
+async def test_the_streams_of_an_ended_lease_stop_counting_at_once_and_are_swept(
+    private_redis: PrivateRedis,  # noqa: F811
+) -> None:
+    """A process died holding an owner's streams: they stop counting against the cap as soon as
+    its lease ends (not a TTL later), and the next process to sweep forgets them."""
+    client = redis.asyncio.Redis.from_url(private_redis.url)
+    batches = [RedisBatch(client), RedisBatch(client)]
+    dead, alive = (Lease(batch, "ns", f"p{i}", ttl=60) for i, batch in enumerate(batches))
+    slots, elsewhere = RedisStreamSlots(dead), RedisStreamSlots(alive)
+    try:
+        await dead.take()
+        await alive.take()
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(2):
+                await held.enter_async_context(slots.hold("o", cap=2))
+            with pytest.raises(TooManyRequests):  # counted while the lease lives
+                async with elsewhere.hold("o", cap=2):
+                    pass
+            await client.zadd(dead.key, {dead.entry: time.time() - 1})  # it died a TTL ago
+            async with elsewhere.hold("o", cap=1):
+                pass
+            await alive.keep(spread=0)
+            assert await client.hkeys("ns:streams:o") == []
+            assert await client.exists(f"ns:streams:of:{dead.entry}") == 0
+            assert await client.zscore(dead.key, dead.entry) is None
     finally:
         for batch in batches:
             await batch.close()

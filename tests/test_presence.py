@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import redis.asyncio
 
-from chat_server import jsonutil
+from chat_server import jsonutil, redis_policy
 from chat_server.app import create_app
 from chat_server.leases import Lease
 from chat_server.presence import RedisPresence
@@ -23,6 +23,7 @@ from .chat_client import WAIT, AiohttpClient, ChatClient, Stream
 from .databases import throwaway_database
 from .redis_counts import Watch
 from .services import ChatServer, PrivateRedis
+from .tcp_proxy import TcpProxy
 from .test_scale_out import Make, private_redis, process, shared_redis  # noqa: F401 - fixtures
 from .waiting import eventually
 
@@ -283,6 +284,39 @@ async def test_the_users_of_an_ended_lease_are_swept_offline_a_slice_at_a_time(
         assert all(words[2:] == [str(SLICE)] for words in pops), pops[:3]
     finally:
         await presence.close()
+
+
+async def test_a_join_redis_missed_is_written_under_a_new_entry_at_the_next_renewal(
+    private_redis: PrivateRedis,  # noqa: F811
+) -> None:
+    """Redis did not answer a user's join (presence failed open: online here only): once it
+    answers again, the next renewal writes the user under a new entry, which every process
+    then sees, and ends the entry whose write was lost."""
+    async with TcpProxy(int(private_redis.url.rsplit(":", 1)[1].split("/")[0])) as proxy:
+        client = redis_policy.connect(f"redis://127.0.0.1:{proxy.port}/0")
+        direct = redis.asyncio.Redis.from_url(private_redis.url)  # Redis's own view
+        batch = RedisBatch(client)
+        lease = Lease(batch, "ns", "p0", ttl=60)
+        presence = RedisPresence(_ignore, lease)
+        try:
+            await lease.take()
+            old = lease.entry
+            proxy.stall()
+            await presence._enter(7)  # fails open within the call bound
+            assert await presence.online([7]) == {7}  # what this process knows
+            proxy.reset()  # the join is lost with its connection
+            proxy.resume()
+            assert await direct.smembers("ns:presence:7") == set()
+            await lease.keep(spread=0)
+            assert lease.entry != old
+            assert await direct.smembers("ns:presence:7") == {lease.entry.encode()}
+            assert await presence.online([7]) == {7}
+            assert await direct.zscore(lease.key, old) in (None, 0)  # ended: a sweep claims it
+        finally:
+            await presence.close()
+            await batch.close()
+            await client.aclose()
+            await direct.aclose()
 
 
 async def _ignore(user_id: int, online: bool) -> None:

@@ -13,7 +13,9 @@ A lease that ran out (its process died, or was paused or cut off from Redis past
 claimed by the first process to sweep it, atomically, so one process undoes its records. Its own
 process, if it comes back, finds its lease gone or ended and takes a new entry id (the next
 generation) and writes its users and streams again under it: a sweep of the old id, which may
-still be running, never touches the new one.
+still be running, never touches the new one. (A sweep cut off midway leaves the rest of its
+records behind: they count for no one, as their lease is gone; only the offline announcements
+of those users are lost, as they were with per-record expiries.)
 
 Invariant: an entry's records are written only while it is this process's entry; a claimed
 entry is never renewed (renewing and claiming each check the score in one script).
@@ -58,7 +60,8 @@ class Holder(Protocol):
     """What keeps records under this process's entry (presence, stream slots)."""
 
     async def rewrite(self, spread: float) -> None:
-        """The lease was lost: write every record again under the new entry, paced over `spread`."""
+        """The lease was lost or spoiled: write every record again under the new entry, paced
+        over `spread`."""
 
     async def sweep(self, entry: str) -> None:
         """Undo the records of `entry`, whose lease ended and which this process claimed."""

@@ -148,7 +148,6 @@ async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
         presence = RedisPresence(announce, app[lease_key])
     else:
         presence = LocalPresence(announce)
-    await presence.start(app[keeper_key])
     app[presence_key] = presence
     yield
     await presence.close()
@@ -165,10 +164,8 @@ async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
         slots = RedisStreamSlots(app[lease_key])
     else:
         rates, slots = RateLimiter(), StreamSlots()
-    await slots.start(app[keeper_key])
     app[limits_key] = Limits(settings, rates, slots)
     yield
-    await slots.close()
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .errors import ApiError, Conflict, TooManyRequests, Unauthorized
-from .keeper import Keeper
 from .leases import Lease, text
 from .redis_batch import SLICE, Pipeline, RedisBatch
 from .redis_policy import FAILURES, RedisGuard
@@ -173,12 +172,6 @@ class StreamSlots:
             if not slots:
                 del self._local[user_id]
 
-    async def start(self, keeper: Keeper) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
 
 class _Slot:
     """One stream's slot (a plain class, not a generator: thousands stay open)."""
@@ -253,12 +246,11 @@ class RedisStreamSlots(StreamSlots):
 
     async def _drop(self, user_id: str, slot: str) -> None:
         await super()._drop(user_id, slot)
-        try:
-            if not self.guard.ready():
-                raise ConnectionError("redis is being skipped")
-            await self.batch.run(lambda pipe: self._write(pipe, user_id))
-        except FAILURES:
-            self.lease.spoil()  # written under a new entry at the next renewal
+        if self.guard.ready():
+            with contextlib.suppress(*FAILURES):
+                await self.batch.run(lambda pipe: self._write(pipe, user_id))
+                return
+        self.lease.spoil()  # written under a new entry at the next renewal
 
     def _write(self, pipe: Pipeline, user_id: str) -> None:
         """The owner's streams here, as they are when the operation is sent."""

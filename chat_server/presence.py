@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
 
-from .keeper import Keeper
 from .leases import Lease
 from .models import User
 from .redis_batch import SLICE, Pipeline
@@ -92,9 +91,6 @@ class Presence(abc.ABC):
 
     @abc.abstractmethod
     async def _last_stream(self, user_id: int) -> None: ...
-
-    async def start(self, keeper: Keeper) -> None:  # noqa: B027 - optional hook
-        pass
 
     async def close(self) -> None:
         # Announcements read the store: none outlives it.

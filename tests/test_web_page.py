@@ -9,6 +9,7 @@ Screenshots of every page as the test left it go to artifacts/web/.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, ConsoleMessage, async_playwright, expect
+from playwright.async_api import APIResponse, Browser, ConsoleMessage, Route, async_playwright, expect
 
 from chat_server.models import LIMA
 from chat_server.store import store_key
@@ -271,6 +272,38 @@ async def test_a_hidden_page_counts_in_its_title_and_notifies_others_messages_on
     await expect(admin.page.locator("#titulo")).to_have_text("nora")
     await expect(admin.page).to_have_title("Chat", timeout=WAIT_MS)
     assert await admin.page.evaluate("window.notes.length") == 2
+    browsing.assert_no_page_errors()
+
+
+async def test_a_read_marker_counted_before_a_newer_message_does_not_take_it_off_the_count(
+    server: Server, http: aiohttp.ClientSession, browsing: Browsing
+) -> None:
+    """The page marks a chat read; the server counts the unread then, but its answer arrives
+    after a newer message of the partner came (seen in CI: the tab title lost its count). That
+    message stays counted."""
+    dm = await dm_with_admin(http, server, "olga")
+    admin = await browsing.person("admin")
+    await admin.page.add_init_script(VISIBILITY)
+    answered: asyncio.Future[tuple[Route, APIResponse]] = asyncio.get_running_loop().create_future()
+
+    async def hold_the_answer(route: Route) -> None:
+        answered.set_result((route, await route.fetch()))  # the server counts now
+
+    await admin.page.route("**/api/chats/*/read", hold_the_answer)
+    await log_in(admin, server)
+    await expect_connection(admin, "connected")
+    await open_chat(admin, dm)
+    await post(http, server.url, dm, "primero", "olga")  # read at once: the page marks it read
+    route, answer = await asyncio.wait_for(answered, WAIT_MS / 1000)
+    assert (await answer.json())["unread"] == 0
+    await admin.page.evaluate("window.setHidden(true)")
+    await post(http, server.url, dm, "segundo", "olga")
+    await expect(admin.page).to_have_title("(1) Chat", timeout=WAIT_MS)
+    async with admin.page.expect_response("**/api/chats/*/read") as late:
+        await route.fulfill(response=answer)  # the answer of before "segundo" arrives now
+    await (await late.value).finished()
+    await post(http, server.url, dm, "tercero", "olga")
+    await expect(admin.page).to_have_title("(2) Chat", timeout=WAIT_MS)
     browsing.assert_no_page_errors()
 
 

@@ -138,7 +138,8 @@ function applyChatList(answer, asked = presenceClock) {
     const chat = chatFromApi(c, old ? old.lastRead : 0);
     if (old && old.seen > chat.seen) {
       // The stream brought messages after this list was read: keep what they counted.
-      Object.assign(chat, { last_message: old.last_message, unread: old.unread, seen: old.seen });
+      const { last_message, unread, seen, counted } = old;
+      Object.assign(chat, { last_message, unread, seen, counted });
     }
     for (const p of chat.participants) {
       const heard = presenceHeard.get(p.id);
@@ -169,6 +170,9 @@ function chatFromApi(c, lastRead) {
     participants: c.participants || [],
     last_message: c.last_message,
     unread: c.unread || 0,
+    // Others' messages this page counted unread as they came (ids): a read marker the server
+    // counted before they came must not take them off the count.
+    counted: [],
     seen: c.last_message ? c.last_message.id : 0,
     lastRead,
   };
@@ -199,7 +203,10 @@ export function receive(m) {
     chat.last_message = m;
     if (m.sender_id !== me().id && m.id > chat.lastRead) {
       if (isReading(chat.id)) markRead(chat.id, m.id);
-      else chat.unread += 1;
+      else {
+        chat.unread += 1;
+        chat.counted.push(m.id);
+      }
     }
     render();
   }
@@ -226,6 +233,7 @@ export function markRead(chatId, id) {
   const chat = chats.get(chatId);
   if (chat) {
     chat.unread = 0;
+    chat.counted = [];
     render();
   }
   if (!id || id <= (readSent.get(chatId) || 0)) return;
@@ -258,8 +266,14 @@ export function applyRead(marker) {
     return;
   }
   chat.lastRead = Math.max(chat.lastRead, marker.last_read_id);
-  if (isReading(chat.id) || marker.last_read_id >= chat.seen) chat.unread = 0;
-  else if (typeof marker.unread === "number") chat.unread = marker.unread;
+  chat.counted = chat.counted.filter((id) => id > chat.lastRead);
+  if (isReading(chat.id) || marker.last_read_id >= chat.seen) {
+    chat.unread = 0;
+    chat.counted = [];
+  } else if (typeof marker.unread === "number") {
+    // The server counted when it answered: a message that came after is still unread.
+    chat.unread = Math.max(marker.unread, chat.counted.length);
+  }
   render();
 }
 

@@ -211,11 +211,27 @@ class RedisPresence(Presence):
     async def rewrite(self, spread: float) -> None:
         """Every user online here, again under the lease's new entry, a slice at a time paced
         over `spread` seconds. Who of a slice is online is read when its operation is sent, after
-        any leave queued before it: a user who just left is not written back."""
-        await self.batch.run_sliced(list(self._local), self._rejoin, spread)
+        any leave queued before it: a user who just left is not written back. Then those no other
+        process holds are announced online: the sweep of a lost entry told their partners they
+        had gone (when it was not lost but spoiled, this tells them again what they know)."""
+        users = list(self._local)
+        await self.batch.run_sliced(users, self._rejoin, spread)
+        for start in range(0, len(users), SLICE):
+            here = [u for u in users[start : start + SLICE] if u in self._local]
+            if here:
+                replies = await self.batch.run(functools.partial(self._read_holders, here))
+                for user_id, held in zip(here, replies[1:], strict=True):
+                    if not self._others(held, replies[0]):
+                        self._tell(user_id, True)
 
     def _rejoin(self, user_ids: Sequence[int], pipe: Pipeline) -> None:
         self._join(pipe, *(u for u in user_ids if u in self._local))
+
+    def _read_holders(self, user_ids: list[int], pipe: Pipeline) -> None:
+        """The live entries, then the entries holding each user."""
+        self.lease.live(pipe)
+        for user_id in user_ids:
+            pipe.smembers(self._key(user_id))
 
     async def sweep(self, entry: str) -> None:
         """The users of an entry whose lease ended: each is announced offline unless another live

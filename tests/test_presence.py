@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -134,6 +135,40 @@ async def test_a_killed_process_users_go_offline_within_the_expiry(
         response.close()
     assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": False}
     assert not await online_in_admin_inbox(here, "ana")
+
+
+async def test_a_process_paused_past_its_lease_comes_back_with_its_users_online(
+    doomed_process: tuple[str, ChatServer],
+    shared_redis: str,  # noqa: F811
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """A process frozen longer than the TTL (a VM pause, a long stall) loses its lease: this
+    process claims it and tells ana's partners she is offline. When it runs again it finds its
+    lease gone, writes its users again under a new entry, and tells her partners she is back,
+    while her stream on it never closed."""
+    url, paused = doomed_process
+    settings = Settings(database_url=url, redis_url=shared_redis, presence_ttl=1.5, secret="s")
+    here = ChatClient(await aiohttp_client(create_app(settings)))
+    ana = (await here.login("ana"))["user"]
+    admin_here = await here.open_stream({"username": "admin"})
+    assert paused.process is not None
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{paused.base}/api/stream", params={"username": "ana"})
+        assert response.status == 200
+        assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": True}
+        paused.process.send_signal(signal.SIGSTOP)
+        try:
+            assert await next_presence(admin_here) == {
+                "user_id": ana["id"],
+                "username": "ana",
+                "online": False,
+            }
+            assert not await online_in_admin_inbox(here, "ana")
+        finally:
+            paused.process.send_signal(signal.SIGCONT)
+        assert await next_presence(admin_here) == {"user_id": ana["id"], "username": "ana", "online": True}
+        assert await online_in_admin_inbox(here, "ana")
+        response.close()
 
 
 async def test_processes_joining_or_leaving_a_user_at_once_announce_it_exactly_once(

@@ -33,9 +33,12 @@ from typing import Protocol
 from aiohttp import web
 
 from .keeper import Keeper
-from .redis_batch import REWRITE_SPREAD, SLICE, Pipeline, RedisBatch
+from .redis_batch import SLICE, Pipeline, RedisBatch
 from .redis_policy import FAILURES
 
+# A lost lease's rewrite paces its slices over this fraction of the TTL: connects, posts and
+# deliveries go out between them.
+REWRITE_SPREAD = 1 / 6
 # Renew an entry only while its lease is live: a lease that ran out may be claimed any moment.
 RENEW = """
 local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])

@@ -143,9 +143,7 @@ class RedisPresence(Presence):
             return set()
         try:
             async with bounded(), self.batch.client.pipeline(transaction=False) as pipe:
-                self.lease.live(pipe)
-                for user_id in ids:
-                    pipe.smembers(self._key(user_id))
+                self._read_holders(ids, pipe)  # reads only: no need to queue behind the writes
                 live, *entries = await pipe.execute()
         except FAILURES:
             return {u for u in ids if u in self._local}  # Redis away: what this process knows

@@ -45,8 +45,6 @@ Batch = list[tuple[Commands, "asyncio.Future[list[Any]]"]]
 MAX_BATCH = 1000
 # Users or streams per operation of `run_sliced`: 200 commands, a loop turn of a few ms.
 SLICE = 100
-# A lost lease's rewrite paces its slices over this fraction of the TTL (leases.py).
-REWRITE_SPREAD = 1 / 6
 
 T = TypeVar("T")
 

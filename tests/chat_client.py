@@ -38,7 +38,12 @@ class Stream:
         self.response = response
 
     async def raw_until_blank(self) -> bytes:
-        return await asyncio.wait_for(self.response.content.readuntil(b"\n\n"), WAIT)
+        frame = await asyncio.wait_for(self.response.content.readuntil(b"\n\n"), WAIT)
+        if not frame.endswith(b"\n\n"):
+            # At its end the stream answers at once with what is left, forever: a reader that
+            # waits for one more event must fail, not spin.
+            raise ConnectionResetError("the stream ended")
+        return frame
 
     async def next_event(self, *, skip_comments: bool = True) -> SseEvent:
         while True:

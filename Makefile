@@ -27,7 +27,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	$(PY) bench/benchmarks.py $(if $(SCENARIO),--only "$(SCENARIO)")
+	$(PY) bench/benchmarks.py $(if $(SCENARIO),--only "$(SCENARIO)") $(if $(PAIRS),--pairs $(PAIRS))
 
 # Faults at seeded random times against two server processes; CHAOS_SEED=N repeats a run's
 # schedule (make test runs a short one with a fixed seed).

@@ -17,6 +17,8 @@ from aiohttp import web
 from chat_server import jsonutil
 from chat_server.app import create_app
 from chat_server.loadtest import cli, parse_args
+from chat_server.loadtest.protocol import WorkerResult
+from chat_server.loadtest.report import RunRecord, summarize
 from chat_server.loadtest.wire import Receiver, StreamState, tag
 from chat_server.settings import Settings
 from chat_server.sse import HEARTBEAT, PREAMBLE, encode_event
@@ -64,6 +66,7 @@ SUMMARY_FIELDS = {
     "loadtest_cpu_seconds",
     "loadtest_cpu_percent_of_wall",
     "loadtest_busiest_process_cpu_percent",
+    "loadtest_reader_cpu_ms_per_post",
     "wall_seconds",
     "errors",
     "ok",
@@ -128,6 +131,24 @@ def test_the_receiver_drops_every_nth_delivery_when_asked() -> None:
     receiver.feed(stream, b"".join(_frame(i, "run", 0) for i in range(1, 6)), 1)
     assert list(stream.ids) == [1, 3, 5]
     assert (receiver.received, receiver.dropped) == (3, 2)
+
+
+def worker_result(index: int, busy_cpu_seconds: float) -> WorkerResult:
+    return WorkerResult(
+        index=index, received=0, dropped=0, lost=0, duplicated=0, out_of_order=0, unexpected=0,
+        ended_early=0, reconnects=0, latencies_ms=b"", last_ns=None, cpu_seconds=busy_cpu_seconds + 1,
+        wall_seconds=10, busy_cpu_seconds=busy_cpu_seconds, busy_wall_seconds=5, errors=[],
+    )  # fmt: skip
+
+
+def test_the_readers_cpu_per_post_is_their_cpu_once_connected_over_the_posts() -> None:
+    record = RunRecord(parse_args(["--url", "http://127.0.0.1:1", "--processes", "2"]), "run")
+    assert summarize(record)["loadtest_reader_cpu_ms_per_post"] is None  # nothing posted
+    for n in range(4):
+        record.posts.add(chat_id=1, message_id=n + 1, latency_ms=1.0)
+    # The connect phase (cpu_seconds less busy_cpu_seconds) is not the posts'.
+    record.workers = [worker_result(0, 0.25), worker_result(1, 0.75)]
+    assert summarize(record)["loadtest_reader_cpu_ms_per_post"] == 250.0
 
 
 async def test_a_clean_run_reports_every_figure_and_exits_0(

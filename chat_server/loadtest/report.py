@@ -213,9 +213,14 @@ def _own_cpu(record: RunRecord) -> dict[str, Any]:
     cpu = main_cpu + sum(w.cpu_seconds for w in record.workers)
     loads = [w.busy_cpu_seconds / w.busy_wall_seconds for w in record.workers if w.busy_wall_seconds > 0]
     busiest = max([main_cpu / wall, *loads])
+    # What reading a message's deliveries cost the tool, on the cores the server shares: with
+    # the server's own CPU per post, the least a fan-out can take on this machine.
+    readers = sum(w.busy_cpu_seconds for w in record.workers)
+    posted = record.posts.posted
     return {
         "loadtest_cpu_seconds": round(cpu, 2),
         "loadtest_cpu_percent_of_wall": round(100 * cpu / wall, 1),
         "loadtest_busiest_process_cpu_percent": round(100 * busiest, 1),
+        "loadtest_reader_cpu_ms_per_post": round(1000 * readers / posted, 3) if posted else None,
         "wall_seconds": round(wall, 3),
     }

@@ -101,6 +101,14 @@ class ChatCollector:
             sum_value=latency.sum,
         )
         sequencer = hub.sequencer
+        held = sequencer.held_for
+        yield HistogramMetricFamily(
+            "chat_release_wait_seconds",
+            "From a message's first offer (stored here, announced, or read from the table) to its"
+            " release in id order: its wait for lower ids, per message",
+            buckets=held.cumulative(),
+            sum_value=held.sum,
+        )
         yield CounterMetricFamily(
             "chat_late_releases",
             "Messages released below the watermark (a wrong proof of absence): expected 0",

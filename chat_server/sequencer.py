@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from .histogram import Histogram
 from .models import Message
 
 # Proven-absent id ranges kept to recognise a late message (which would mean a wrong proof).
@@ -28,12 +29,21 @@ ABSENT_HISTORY = 1024
 
 
 class Sequencer:
-    def __init__(self, release: Callable[[Message], None], released_id: int = 0) -> None:
+    def __init__(
+        self,
+        release: Callable[[Message], None],
+        released_id: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._release_one = release
+        self._clock = clock
         self.released_id = released_id
         self.late = 0  # offers of an id proven absent: expected to stay 0
         self.proven_absent = 0  # ids the database proved never commit (rolled back, failed)
-        self._held: dict[int, Message] = {}
+        # What order costs: from each message's first offer to its release (0 when it was next).
+        # With several processes, a message waits here for lower ids stored by the others.
+        self.held_for = Histogram()
+        self._held: dict[int, tuple[Message, float]] = {}  # id -> (message, when first offered)
         self._heap: list[int] = []  # the held ids
         self._absent: deque[tuple[int, int]] = deque(maxlen=ABSENT_HISTORY)  # (first, last)
         self._gap: tuple[int, float] | None = None  # (the missing id, since when)
@@ -49,7 +59,7 @@ class Sequencer:
             return
         if message.id in self._held:
             return
-        self._held[message.id] = message
+        self._held[message.id] = (message, self._clock())
         heapq.heappush(self._heap, message.id)
         self._drain()
 
@@ -64,7 +74,7 @@ class Sequencer:
 
     def gap_age(self) -> float:
         """Seconds the current gap has been waiting (0 without one)."""
-        return 0.0 if self._gap is None else time.monotonic() - self._gap[1]
+        return 0.0 if self._gap is None else self._clock() - self._gap[1]
 
     def settle_below(self, upto: int) -> None:
         """The database proved that no id below `upto` that is not held yet will ever commit:
@@ -86,13 +96,14 @@ class Sequencer:
     def _drain(self) -> None:
         heap = self._heap
         while heap and heap[0] == self.released_id + 1:
-            message = self._held.pop(heapq.heappop(heap))
+            message, offered = self._held.pop(heapq.heappop(heap))
             self.released_id = message.id
+            self.held_for.observe(self._clock() - offered)
             self._release_one(message)
         if not heap:
             self._gap = None
         elif self._gap is None or self._gap[0] != self.released_id + 1:
-            self._gap = (self.released_id + 1, time.monotonic())
+            self._gap = (self.released_id + 1, self._clock())
 
     def _was_proven_absent(self, message_id: int) -> bool:
         return any(first <= message_id <= last for first, last in self._absent)

@@ -86,6 +86,7 @@ async def test_metrics_parse_and_move_when_messages_flow(client: ChatClient) -> 
         "chat_replayed_messages_total",
         "chat_publish_to_write_seconds_count",
         "chat_late_releases_total",
+        "chat_release_wait_seconds_count",
         "chat_follower_gap_waits_total",
         "chat_broker_resyncs_total",
     ):
@@ -105,6 +106,8 @@ async def test_metrics_parse_and_move_when_messages_flow(client: ChatClient) -> 
     assert value(during, "chat_publish_to_write_seconds_count") == 3
     assert value(during, "chat_publish_to_write_seconds_bucket", le="+Inf") == 3
     assert value(during, "chat_publish_to_write_seconds_sum") >= 0
+    assert value(during, "chat_release_wait_seconds_count") == 3  # one process: each is next
+    assert value(during, "chat_release_wait_seconds_bucket", le="+Inf") == 3
     assert value(during, "chat_http_requests_total", method="POST", route="/api/messages", status="201") == 3
     assert value(during, "chat_http_requests_total", method="GET", route="/api/stream", status="200") == 1
     stream.close()

@@ -82,6 +82,23 @@ def test_a_message_proven_absent_that_turns_up_is_counted_late_and_still_deliver
     assert sequencer.proven_absent == 1
 
 
+def test_each_release_observes_how_long_the_message_waited_for_lower_ids() -> None:
+    now = [100.0]
+    sequencer = Sequencer(lambda m: None, clock=lambda: now[0])
+    sequencer.offer(message(2))  # waits for 1
+    now[0] += 0.04
+    sequencer.offer(message(3))
+    now[0] += 0.002
+    sequencer.offer(message(1))  # released at once, and so are 2 and 3 after it
+    sequencer.offer(message(2))  # again (another process's announcement): not a release
+    waits = sequencer.held_for
+    assert waits.count == 3
+    assert waits.sum == pytest.approx(0.042 + 0.002)
+    assert dict(waits.cumulative())["0.0001"] == 1  # 1 did not wait
+    assert dict(waits.cumulative())["0.0025"] == 2  # 3 waited 2 ms
+    assert dict(waits.cumulative())["0.05"] == 3  # 2 waited 42 ms
+
+
 def test_the_gap_to_prove_is_the_smallest_held_id() -> None:
     sequencer = Sequencer(lambda m: None)
     seen = [sequencer.gap_below]

@@ -201,20 +201,25 @@ def tmpfs_mariadb() -> Iterator[str]:
             "--skip-test-db",
         ]
         subprocess.run(install, check=True, capture_output=True)
-        server = subprocess.Popen(
-            [
-                *("/usr/sbin/mariadbd", *common, f"--port={port}", "--bind-address=127.0.0.1"),
-                *(f"--socket={folder}/sock", "--innodb-buffer-pool-size=1G", "--skip-log-bin"),
-            ],
-            stdout=(ARTIFACTS / "tmpfs-mariadb.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with (ARTIFACTS / "tmpfs-mariadb.log").open("wb") as log:
+            server = subprocess.Popen(
+                [
+                    *("/usr/sbin/mariadbd", *common, f"--port={port}", "--bind-address=127.0.0.1"),
+                    *(f"--socket={folder}/sock", "--innodb-buffer-pool-size=1G", "--skip-log-bin"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             _wait_port(port, server)
             yield f"mysql://root@127.0.0.1:{port}"
         finally:
             server.terminate()
-            server.wait(timeout=60)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

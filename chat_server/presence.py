@@ -156,36 +156,30 @@ class RedisPresence(Presence):
     # user online: their partners were told then.
 
     async def _first_stream(self, user_id: int) -> None:
-        def join(pipe: Pipeline) -> None:
-            pipe.smembers(self._key(user_id))  # before our own entry
-            self.lease.live(pipe)
-            self._join(pipe, user_id)
-
-        try:
-            held, live, *_ = await self.batch.run(join)
-            others = self._others(held, live)
-        except FAILURES as exc:
-            log.warning("presence: redis unreachable (%r)", exc)
-            self.lease.spoil()
-            others = 0
-        if not others:
+        if not await self._others_after(lambda pipe: self._join(pipe, user_id), user_id):
             self._tell(user_id, True)
 
     async def _last_stream(self, user_id: int) -> None:
-        def leave(pipe: Pipeline) -> None:
-            self._leave(pipe, user_id)
+        if not await self._others_after(lambda pipe: self._leave(pipe, user_id), user_id):
+            await self._tell(user_id, False)
+
+    async def _others_after(self, write: Callable[[Pipeline], None], user_id: int) -> int:
+        """`write` this process's change for the user and, in the same operation, read how many
+        other processes hold them (this process's own entries never count); 0 when Redis did
+        not answer."""
+
+        def write_then_read(pipe: Pipeline) -> None:
+            write(pipe)
             pipe.smembers(self._key(user_id))
             self.lease.live(pipe)
 
         try:
-            *_, held, live = await self.batch.run(leave)
-            others = self._others(held, live)
+            *_, held, live = await self.batch.run(write_then_read)
         except FAILURES as exc:
             log.warning("presence: redis unreachable (%r)", exc)
             self.lease.spoil()
-            others = 0
-        if not others:
-            await self._tell(user_id, False)
+            return 0
+        return self._others(held, live)
 
     def _others(self, held: Iterable[bytes], live: Iterable[bytes]) -> int:
         """Live entries of other processes among those that hold a user."""

@@ -18,7 +18,8 @@ into a socket nobody reads: that is checked when connecting, and such a Redis ge
 announcements through the shared client, answered, as any other command.
 
 Invariant: `_unheard` holds the send times of this connection's publishes not heard back since
-the last `forget()`, oldest first.
+the last `forget()`, oldest first. So each one heard back times Redis's hop for free: from the
+send to this process reading it back (`round_trip`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections import deque
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
+
+from .histogram import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Announcer:
         self._connection: AbstractConnection | None = None
         self._connecting = asyncio.Lock()  # the first publishes of a burst share one connection
         self._unheard: deque[float] = deque()
+        self.round_trip = Histogram()  # seconds from a publish to hearing it back
 
     async def publish(self, data: bytes) -> None:
         """Sent when this returns (raises a redis_policy failure if it could not be written)."""
@@ -98,7 +102,7 @@ class Announcer:
     def heard_back(self) -> None:
         """One of this process's announcements came back on its subscription."""
         if self._unheard:
-            self._unheard.popleft()
+            self.round_trip.observe(asyncio.get_running_loop().time() - self._unheard.popleft())
 
     def overdue(self, bound: float) -> bool:
         """Whether an announcement has not come back for longer than `bound` seconds."""

@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import (
 
 from .broker import RedisBroker, broker_key
 from .errors import Unauthorized
+from .histogram import Histogram
 from .hub import hub_key
 from .keeper import Keeper, keeper_key
 from .migrate_legacy import LegacyBackfill, backfill_key
@@ -133,6 +134,14 @@ class ChatCollector:
             "chat_broker_messages_heard",
             "Messages stored by other processes whose announcements this process applied",
             broker.messages_heard if isinstance(broker, RedisBroker) else 0,
+        )
+        trip = broker.announcer.round_trip if isinstance(broker, RedisBroker) else Histogram()
+        yield HistogramMetricFamily(
+            "chat_announcement_round_trip_seconds",
+            "From publishing a message announcement to hearing it back on this process's own"
+            " subscription: the hop through Redis that messages to other processes take",
+            buckets=trip.cumulative(),
+            sum_value=trip.sum,
         )
         healthy = broker.healthy if isinstance(broker, RedisBroker) else True
         yield GaugeMetricFamily(

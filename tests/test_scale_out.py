@@ -171,6 +171,9 @@ async def test_a_process_does_not_decode_its_own_message_announcements(
     assert await on_a.messages(4) == [*from_a, from_b]
     assert await on_b.messages(1) == [from_b]
     assert (a.broker.messages_heard, b.broker.messages_heard) == (1, 3)
+    # Each of its own heard back was timed (Redis's hop: chat_announcement_round_trip_seconds).
+    assert a.broker.announcer.round_trip.count == 3
+    await eventually(lambda: b.broker.announcer.round_trip.count == 1, "B heard its own back")
 
 
 @ONE_STORE

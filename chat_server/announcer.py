@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 import redis.asyncio as redis
@@ -49,7 +50,9 @@ class Announcer:
         self._connection: AbstractConnection | None = None
         self._connecting = asyncio.Lock()  # the first publishes of a burst share one connection
         self._unheard: deque[float] = deque()
-        self.round_trip = Histogram()  # seconds from a publish to hearing it back
+        # Seconds from a publish to hearing it back. Timed with time.monotonic(), not the loop's
+        # clock: uvloop's counts whole milliseconds, once per loop turn.
+        self.round_trip = Histogram()
 
     async def publish(self, data: bytes) -> None:
         """Sent when this returns (raises a redis_policy failure if it could not be written)."""
@@ -69,7 +72,7 @@ class Announcer:
         except BaseException:
             self._connection = None  # redis-py closed it; the next publish connects again
             raise
-        self._unheard.append(asyncio.get_running_loop().time())
+        self._unheard.append(time.monotonic())
 
     async def connect(self) -> AbstractConnection | None:
         """The connection, connected if it was not; None if this Redis refuses CLIENT REPLY."""
@@ -102,11 +105,11 @@ class Announcer:
     def heard_back(self) -> None:
         """One of this process's announcements came back on its subscription."""
         if self._unheard:
-            self.round_trip.observe(asyncio.get_running_loop().time() - self._unheard.popleft())
+            self.round_trip.observe(time.monotonic() - self._unheard.popleft())
 
     def overdue(self, bound: float) -> bool:
         """Whether an announcement has not come back for longer than `bound` seconds."""
-        return bool(self._unheard) and asyncio.get_running_loop().time() - self._unheard[0] > bound
+        return bool(self._unheard) and time.monotonic() - self._unheard[0] > bound
 
     def forget(self) -> None:
         """Announcements sent so far no longer matter (every stream resumes from the database)."""

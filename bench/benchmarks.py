@@ -211,7 +211,7 @@ def tmpfs_mariadb() -> Iterator[str]:
                 stderr=subprocess.STDOUT,
             )
         try:
-            _wait_port(port, server)
+            _wait_until("the private MariaDB", lambda: _listening(port), server, 60)
             yield f"mysql://root@127.0.0.1:{port}"
         finally:
             server.terminate()
@@ -222,17 +222,6 @@ def tmpfs_mariadb() -> Iterator[str]:
                 server.wait()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the private MariaDB exited with {process.returncode}; see {ARTIFACTS}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.2)  # a starting server has nothing to wait on but its port
-    raise SystemExit("the private MariaDB did not start in 60 s")
 
 
 def free_port() -> int:
@@ -261,7 +250,7 @@ def server(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, process, startup)
+        _wait_until("the server", lambda: _healthy(base), process, startup)
         yield base, process.pid
     finally:
         process.terminate()
@@ -269,16 +258,29 @@ def server(
         log.close()
 
 
-def _wait_healthy(base: str, process: subprocess.Popen[bytes], startup: float) -> None:
-    deadline = time.monotonic() + startup
+def _listening(port: int) -> None:
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def _healthy(base: str) -> None:
+    with urllib.request.urlopen(f"{base}/healthz", timeout=2) as resp:
+        if resp.status != 200:
+            raise OSError(f"/healthz answered {resp.status}")
+
+
+def _wait_until(
+    what: str, ready: Callable[[], object], process: subprocess.Popen[bytes], seconds: float
+) -> None:
+    """Until `ready()` stops raising OSError; fails if `process` (`what`) exits or `seconds` pass."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}; see {ARTIFACTS}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/healthz", timeout=2) as resp:
-            if resp.status == 200:
-                return
+            raise SystemExit(f"{what} exited with {process.returncode}; see {ARTIFACTS}")
+        with contextlib.suppress(OSError):
+            ready()
+            return
         time.sleep(0.2)  # a starting process has nothing to wait on but its port
-    raise SystemExit(f"the server did not become healthy in {startup:.0f} s")
+    raise SystemExit(f"{what} was not ready in {seconds:.0f} s")
 
 
 def run_scenario(scenario: Scenario, mysql: str, redis_url: str) -> dict[str, Any]:
@@ -501,23 +503,20 @@ def _cells(scenario: Scenario, s: dict[str, Any]) -> list[str]:
         _quantiles(s.get("post_latency_ms")),
         f"{s['post_rate_actual']:.0f}" if scenario.name == "posting" else "",
         rss,
-        "" if server_cpu is None else f"{server_cpu}%{_per_post(scenario, s)}",
+        "" if server_cpu is None else f"{server_cpu}%{_per_post(s)}",
         f"{s.get('loadtest_cpu_percent_of_wall')}% ({s.get('loadtest_busiest_process_cpu_percent')}%)",
         s.get("measured_at", "") + (f" ({s['database']})" if s.get("database") else ""),
     ]
 
 
-def _per_post(scenario: Scenario, s: dict[str, Any]) -> str:
+def _per_post(s: dict[str, Any]) -> str:
     """CPU per post over the posting phase: the server's, and the tool's stream readers' (the
     two share the machine's cores, so together they bound how fast a fan-out can be read)."""
     server, readers = s.get("server_cpu_ms_per_post"), s.get("loadtest_reader_cpu_ms_per_post")
     if server is None or not s.get("messages_posted"):
         return ""
-    if readers is None:  # a row measured before the tool reported its readers
-        if scenario.name in ("CPU per post", "posting"):
-            return f" ({server:.2f} ms per post over the posting phase)"
-        return ""
-    return f" ({server:.2f} ms per post over the posting phase; the tool's readers {readers:.2f} ms)"
+    also = "" if readers is None else f"; the tool's readers {readers:.2f} ms"  # older rows lack it
+    return f" ({server:.2f} ms per post over the posting phase{also})"
 
 
 def _pairs_line(figures: dict[str, Any]) -> str:

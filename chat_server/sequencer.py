@@ -59,9 +59,10 @@ class Sequencer:
             return
         if message.id in self._held:
             return
-        self._held[message.id] = (message, self._clock())
+        now = self._clock()
+        self._held[message.id] = (message, now)
         heapq.heappush(self._heap, message.id)
-        self._drain()
+        self._drain(now)
 
     def offer_all(self, messages: list[Message]) -> None:
         for message in messages:
@@ -86,24 +87,25 @@ class Sequencer:
                 self._absent.append((self.released_id + 1, last_absent))
                 self.proven_absent += last_absent - self.released_id
                 self.released_id = last_absent
-            self._drain()
-        self._drain()
+            self._drain(self._clock())
+        self._drain(self._clock())
 
     @property
     def idle(self) -> bool:
         return not self._held
 
-    def _drain(self) -> None:
+    def _drain(self, now: float) -> None:
+        """Release what is next, in order (`now`: the clock read once for the whole run)."""
         heap = self._heap
         while heap and heap[0] == self.released_id + 1:
             message, offered = self._held.pop(heapq.heappop(heap))
             self.released_id = message.id
-            self.held_for.observe(self._clock() - offered)
+            self.held_for.observe(now - offered)
             self._release_one(message)
         if not heap:
             self._gap = None
         elif self._gap is None or self._gap[0] != self.released_id + 1:
-            self._gap = (self.released_id + 1, self._clock())
+            self._gap = (self.released_id + 1, now)
 
     def _was_proven_absent(self, message_id: int) -> bool:
         return any(first <= message_id <= last for first, last in self._absent)
